@@ -1,0 +1,1 @@
+"""Target assignment per version: in-graph, vectorized, XLA-compilable."""

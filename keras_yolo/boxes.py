@@ -1,0 +1,229 @@
+"""Box formats and overlap measures (IoU, GIoU, DIoU, CIoU).
+
+Formats use Keras 3's names. Pixel formats: ``xyxy``, ``yxyx``, ``xywh``
+(top-left corner and size), ``center_xywh``. Relative formats (fractions of
+the image): ``rel_xyxy``, ``rel_yxyx``, ``rel_xywh``, ``rel_center_xywh``.
+Converting between a pixel and a relative format needs ``image_shape``
+(``(height, width)`` or ``(height, width, channels)``).
+
+Every function here is pure TensorFlow, shape-static and XLA-compilable. The
+overlap measures compute in float32 (or float64 when given float64) whatever
+the input dtype, so float16 inputs give finite values and gradients.
+"""
+
+import math
+
+import tensorflow as tf
+
+FORMATS = (
+    "xyxy",
+    "yxyx",
+    "xywh",
+    "center_xywh",
+    "rel_xyxy",
+    "rel_yxyx",
+    "rel_xywh",
+    "rel_center_xywh",
+)
+
+# Guards divisions and logarithms at zero-area, identical or degenerate boxes.
+EPSILON = 1e-7
+
+
+def _check_format(name, value):
+    if value not in FORMATS:
+        raise ValueError(
+            f"`{name}` must be one of {FORMATS}; got {value!r}."
+        )
+
+
+def _to_xyxy(boxes, fmt):
+    """Any format to corner form in the same units (pixels or fractions)."""
+    a, b, c, d = tf.unstack(boxes, 4, axis=-1)
+    base = fmt[4:] if fmt.startswith("rel_") else fmt
+    if base == "xyxy":
+        return tf.stack([a, b, c, d], axis=-1)
+    if base == "yxyx":
+        return tf.stack([b, a, d, c], axis=-1)
+    if base == "xywh":
+        return tf.stack([a, b, a + c, b + d], axis=-1)
+    # center_xywh
+    return tf.stack([a - c / 2, b - d / 2, a + c / 2, b + d / 2], axis=-1)
+
+
+def _from_xyxy(boxes, fmt):
+    x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
+    base = fmt[4:] if fmt.startswith("rel_") else fmt
+    if base == "xyxy":
+        return tf.stack([x1, y1, x2, y2], axis=-1)
+    if base == "yxyx":
+        return tf.stack([y1, x1, y2, x2], axis=-1)
+    if base == "xywh":
+        return tf.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
+    return tf.stack(
+        [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=-1
+    )
+
+
+def _image_hw(image_shape, dtype):
+    if image_shape is None:
+        raise ValueError(
+            "Converting between a pixel format and a `rel_` format needs "
+            "`image_shape=(height, width)`; got image_shape=None."
+        )
+    if isinstance(image_shape, (tuple, list)):
+        height, width = image_shape[0], image_shape[1]
+    else:
+        image_shape = tf.convert_to_tensor(image_shape)
+        height, width = image_shape[..., 0], image_shape[..., 1]
+    return tf.cast(height, dtype), tf.cast(width, dtype)
+
+
+def convert(boxes, source, target, image_shape=None):
+    """Converts boxes from one Keras 3 format to another.
+
+    Args:
+        boxes: `(..., 4)` tensor.
+        source: format of `boxes`, one of `FORMATS`.
+        target: wanted format, one of `FORMATS`.
+        image_shape: `(height, width)` of the image, needed only when one of
+            the two formats is relative (`rel_*`) and the other is not.
+
+    Returns:
+        `(..., 4)` tensor in `target`, same dtype as `boxes`.
+
+    Example:
+        >>> convert([[10., 20., 30., 60.]], "xyxy", "rel_center_xywh",
+        ...         image_shape=(100, 200))   # [[0.1, 0.4, 0.1, 0.4]]
+    """
+    _check_format("source", source)
+    _check_format("target", target)
+    boxes = tf.convert_to_tensor(boxes)
+    if not boxes.dtype.is_floating:
+        boxes = tf.cast(boxes, tf.float32)
+    if source == target:
+        return boxes
+    xyxy = _to_xyxy(boxes, source)
+    source_rel, target_rel = source.startswith("rel_"), target.startswith("rel_")
+    if source_rel != target_rel:
+        height, width = _image_hw(image_shape, boxes.dtype)
+        scale = tf.stack([width, height, width, height], axis=-1)
+        xyxy = xyxy * scale if source_rel else xyxy / scale
+    return _from_xyxy(xyxy, target)
+
+
+def _compute_dtype(dtype):
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _overlap_terms(b1, b2):
+    """Corner tensors (..., 4) -> the quantities every IoU variant needs."""
+    x1, y1, x2, y2 = tf.unstack(b1, 4, axis=-1)
+    u1, v1, u2, v2 = tf.unstack(b2, 4, axis=-1)
+    w1, h1 = tf.maximum(x2 - x1, 0.0), tf.maximum(y2 - y1, 0.0)
+    w2, h2 = tf.maximum(u2 - u1, 0.0), tf.maximum(v2 - v1, 0.0)
+    inter_w = tf.maximum(tf.minimum(x2, u2) - tf.maximum(x1, u1), 0.0)
+    inter_h = tf.maximum(tf.minimum(y2, v2) - tf.maximum(y1, v1), 0.0)
+    inter = inter_w * inter_h
+    union = w1 * h1 + w2 * h2 - inter
+    # Where the union is empty (two zero-area boxes) IoU is 0 with a zero
+    # gradient; the double `where` keeps 1/EPSILON out of the backward pass.
+    valid = union > EPSILON
+    iou = tf.where(valid, inter / (tf.where(valid, union, 1.0) + EPSILON), 0.0)
+    # Smallest enclosing box.
+    cw = tf.maximum(x2, u2) - tf.minimum(x1, u1)
+    ch = tf.maximum(y2, v2) - tf.minimum(y1, v1)
+    return dict(
+        iou=iou, union=union, cw=cw, ch=ch,
+        w1=w1, h1=h1, w2=w2, h2=h2,
+        dx=(u1 + u2 - x1 - x2) / 2, dy=(v1 + v2 - y1 - y2) / 2,
+    )
+
+
+def _aspect_angle(w, h):
+    """`atan(w / h)`, 0 with a zero gradient for a box of no width or height."""
+    ok = (w > EPSILON) & (h > EPSILON)
+    return tf.where(ok, tf.atan(w / (tf.where(ok, h, 1.0) + EPSILON)), 0.0)
+
+
+def ciou_aspect_term(w1, h1, w2, h2):
+    """`v = 4 / pi^2 * (atan(w2 / h2) - atan(w1 / h1))^2` of the CIoU paper."""
+    return (4.0 / math.pi**2) * tf.square(
+        _aspect_angle(w2, h2) - _aspect_angle(w1, h1)
+    )
+
+
+def _iou_variant(b1, b2, variant):
+    t = _overlap_terms(b1, b2)
+    iou = t["iou"]
+    if variant == "iou":
+        return iou
+    if variant == "giou":
+        enclose = t["cw"] * t["ch"]
+        ok = enclose > EPSILON
+        empty = (enclose - t["union"]) / (tf.where(ok, enclose, 1.0) + EPSILON)
+        return iou - tf.where(ok, empty, 0.0)
+    # Squared distance between centres over squared diagonal of the enclosure.
+    rho2 = tf.square(t["dx"]) + tf.square(t["dy"])
+    c2 = tf.square(t["cw"]) + tf.square(t["ch"]) + EPSILON
+    diou = iou - rho2 / c2
+    if variant == "diou":
+        return diou
+    v = ciou_aspect_term(t["w1"], t["h1"], t["w2"], t["h2"])
+    # alpha is a constant in the gradient (CIoU paper, section 3.2).
+    alpha = tf.stop_gradient(v / (v - iou + (1.0 + EPSILON)))
+    return diou - alpha * v
+
+
+def iou(boxes1, boxes2, bounding_box_format, variant="ciou", pairwise=False,
+        image_shape=None):
+    """Intersection over union and its generalised, distance and complete forms.
+
+    With A, B the two boxes, C their smallest enclosing box, rho the distance
+    between their centres, c the diagonal of C:
+
+        IoU  = |A ∩ B| / |A ∪ B|
+        GIoU = IoU - |C \\ (A ∪ B)| / |C|
+        DIoU = IoU - rho² / c²
+        CIoU = DIoU - alpha v,   v = 4/pi² (atan(w_B/h_B) - atan(w_A/h_A))²,
+                                 alpha = v / ((1 - IoU) + v)   (no gradient)
+
+    Args:
+        boxes1: `(..., 4)`, or `(N, 4)` when `pairwise`.
+        boxes2: `(..., 4)` broadcastable against `boxes1`, or `(M, 4)`.
+        bounding_box_format: format of both inputs. Relative and pixel
+            formats give the same IoU; GIoU/DIoU/CIoU depend on the aspect
+            of the units, so pass pixel boxes (or `image_shape`) when the
+            image is not square.
+        variant: `"iou"`, `"giou"`, `"diou"` or `"ciou"`.
+        pairwise: `False` for elementwise `(...)`, `True` for `(N, M)`.
+        image_shape: if given with a `rel_` format, boxes are measured in
+            pixels of this `(height, width)`.
+
+    Returns:
+        Tensor of `(...)` or `(N, M)` overlaps, in the input dtype.
+
+    Example:
+        >>> iou([[0., 0., 2., 2.]], [[1., 1., 3., 3.]], "xyxy", "iou")  # [1/7]
+    """
+    if variant not in ("iou", "giou", "diou", "ciou"):
+        raise ValueError(
+            "`variant` must be 'iou', 'giou', 'diou' or 'ciou'; "
+            f"got {variant!r}."
+        )
+    _check_format("bounding_box_format", bounding_box_format)
+    boxes1 = tf.convert_to_tensor(boxes1)
+    boxes2 = tf.convert_to_tensor(boxes2)
+    out_dtype = boxes1.dtype if boxes1.dtype.is_floating else tf.float32
+    dtype = _compute_dtype(out_dtype)
+    boxes1 = tf.cast(boxes1, dtype)
+    boxes2 = tf.cast(boxes2, dtype)
+    target = "xyxy"
+    if bounding_box_format.startswith("rel_") and image_shape is None:
+        target = "rel_xyxy"
+    b1 = convert(boxes1, bounding_box_format, target, image_shape)
+    b2 = convert(boxes2, bounding_box_format, target, image_shape)
+    if pairwise:
+        b1 = b1[:, None, :]
+        b2 = b2[None, :, :]
+    return tf.cast(_iou_variant(b1, b2, variant), out_dtype)

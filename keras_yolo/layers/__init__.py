@@ -1,0 +1,1 @@
+"""Keras layers: head decoding per version and the blocks the models use."""

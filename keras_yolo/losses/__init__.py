@@ -1,0 +1,1 @@
+"""The YOLO v1 to v5 objectives as `keras.losses.Loss` subclasses."""

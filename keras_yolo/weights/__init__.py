@@ -1,0 +1,1 @@
+"""Import of darknet .cfg/.weights and ultralytics yolov5 checkpoints."""

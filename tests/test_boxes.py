@@ -1,0 +1,160 @@
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_yolo import boxes
+
+FORMATS = boxes.FORMATS
+
+
+def np_overlaps(b1, b2, variant):
+    """float64 numpy IoU/GIoU/DIoU/CIoU from the papers' definitions (xyxy)."""
+    b1 = np.asarray(b1, np.float64)
+    b2 = np.asarray(b2, np.float64)
+    w1, h1 = b1[..., 2] - b1[..., 0], b1[..., 3] - b1[..., 1]
+    w2, h2 = b2[..., 2] - b2[..., 0], b2[..., 3] - b2[..., 1]
+    iw = np.clip(np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0]), 0, None)
+    ih = np.clip(np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1]), 0, None)
+    inter = iw * ih
+    union = w1 * h1 + w2 * h2 - inter
+    iou = inter / union
+    cw = np.maximum(b1[..., 2], b2[..., 2]) - np.minimum(b1[..., 0], b2[..., 0])
+    ch = np.maximum(b1[..., 3], b2[..., 3]) - np.minimum(b1[..., 1], b2[..., 1])
+    if variant == "iou":
+        return iou
+    if variant == "giou":
+        return iou - (cw * ch - union) / (cw * ch)
+    rho2 = ((b1[..., 0] + b1[..., 2]) / 2 - (b2[..., 0] + b2[..., 2]) / 2) ** 2 + (
+        (b1[..., 1] + b1[..., 3]) / 2 - (b2[..., 1] + b2[..., 3]) / 2) ** 2
+    diou = iou - rho2 / (cw**2 + ch**2)
+    if variant == "diou":
+        return diou
+    v = 4 / np.pi**2 * (np.arctan(w2 / h2) - np.arctan(w1 / h1)) ** 2
+    alpha = v / (1 - iou + v)
+    return diou - alpha * v
+
+
+def random_xyxy(rng, n, scale=100.0):
+    xy = rng.uniform(0, scale, (n, 2))
+    wh = rng.uniform(0.5, scale / 2, (n, 2))
+    return np.concatenate([xy, xy + wh], -1)
+
+
+def test_hand_computed_overlaps():
+    a, b = [[0.0, 0.0, 2.0, 2.0]], [[1.0, 1.0, 3.0, 3.0]]
+    # IoU = 1 / 7; enclosure 3x3 = 9, union 7 -> GIoU = 1/7 - 2/9.
+    np.testing.assert_allclose(boxes.iou(a, b, "xyxy", "iou"), [1 / 7], rtol=1e-6)
+    np.testing.assert_allclose(boxes.iou(a, b, "xyxy", "giou"), [1 / 7 - 2 / 9], rtol=1e-6)
+    # centres (1,1) and (2,2): rho^2 = 2; diagonal^2 = 18 -> DIoU = 1/7 - 1/9; same aspect -> CIoU = DIoU.
+    np.testing.assert_allclose(boxes.iou(a, b, "xyxy", "diou"), [1 / 7 - 1 / 9], rtol=1e-6)
+    np.testing.assert_allclose(boxes.iou(a, b, "xyxy", "ciou"), [1 / 7 - 1 / 9], rtol=1e-6)
+    # Identical boxes: every variant is 1.
+    for v in ("iou", "giou", "diou", "ciou"):
+        np.testing.assert_allclose(boxes.iou(a, a, "xyxy", v), [1.0], rtol=1e-6)
+    # A 2x1 box inside a 2x2 box, sharing a corner: IoU 1/2, v = 4/pi^2 (atan 2 - atan 1)^2.
+    c = [[0.0, 0.0, 2.0, 1.0]]
+    v = 4 / np.pi**2 * (np.arctan(2.0) - np.arctan(1.0)) ** 2
+    rho2, c2 = 0.5**2, 8.0
+    expected = 0.5 - rho2 / c2 - v / (0.5 + v) * v
+    np.testing.assert_allclose(boxes.iou(a, c, "xyxy", "ciou"), [expected], rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["iou", "giou", "diou", "ciou"])
+def test_matches_float64_reference_on_random_boxes(variant):
+    rng = np.random.default_rng(0)
+    b1, b2 = random_xyxy(rng, 5000), random_xyxy(rng, 5000)
+    got = boxes.iou(b1.astype(np.float32), b2.astype(np.float32), "xyxy", variant).numpy()
+    np.testing.assert_allclose(got, np_overlaps(b1, b2, variant), atol=2e-6)
+    got64 = boxes.iou(b1, b2, "xyxy", variant).numpy()
+    np.testing.assert_allclose(got64, np_overlaps(b1, b2, variant), atol=1e-7)  # EPSILON guards
+
+
+def test_pairwise_equals_elementwise_on_every_pair():
+    rng = np.random.default_rng(1)
+    b1, b2 = random_xyxy(rng, 7), random_xyxy(rng, 5)
+    got = boxes.iou(b1, b2, "xyxy", "ciou", pairwise=True).numpy()
+    assert got.shape == (7, 5)
+    expected = np_overlaps(b1[:, None], b2[None], "ciou")
+    np.testing.assert_allclose(got, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("source,target", list(itertools.permutations(FORMATS, 2)))
+def test_convert_round_trips_and_matches_hand_values(source, target):
+    xyxy = np.array([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 200.0, 100.0]])
+    shape = (100, 200)
+    expected = {
+        "xyxy": xyxy,
+        "yxyx": xyxy[:, [1, 0, 3, 2]],
+        "xywh": np.array([[10, 20, 20, 40], [0, 0, 200, 100]], float),
+        "center_xywh": np.array([[20, 40, 20, 40], [100, 50, 200, 100]], float),
+    }
+    scale = np.array([200, 100, 200, 100], float)
+    for fmt in list(expected):
+        expected["rel_" + fmt] = expected[fmt] / (scale if fmt != "yxyx" else scale[[1, 0, 3, 2]])
+    got = boxes.convert(expected[source], source, target, image_shape=shape).numpy()
+    np.testing.assert_allclose(got, expected[target], atol=1e-9)
+
+
+def test_convert_needs_image_shape_between_pixel_and_relative():
+    with pytest.raises(ValueError, match="image_shape"):
+        boxes.convert([[0.0, 0.0, 1.0, 1.0]], "xyxy", "rel_xyxy")
+    with pytest.raises(ValueError, match="bounding_box_format"):
+        boxes.iou([[0.0, 0, 1, 1]], [[0.0, 0, 1, 1]], "xywhx")
+
+
+@pytest.mark.parametrize("variant", ["iou", "giou", "diou", "ciou"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_degenerate_boxes_give_finite_values_and_gradients_under_xla(variant, dtype):
+    b1 = np.array([
+        [0, 0, 0, 0],          # zero area
+        [5, 5, 5, 9],          # zero width
+        [1, 1, 4, 4],          # identical to its partner
+        [0, 0, 1, 1],          # far apart
+        [0, 0, 1e-3, 1e-3],    # tiny
+    ], np.float32)
+    b2 = np.array([[0, 0, 0, 0], [5, 5, 5, 9], [1, 1, 4, 4], [1e4, 1e4, 1e4 + 1, 1e4 + 2],
+                   [0, 0, 2e-3, 1e-3]], np.float32)
+
+    @tf.function(jit_compile=True)
+    def value_and_grad(p, t):
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            out = boxes.iou(p, t, "xyxy", variant)
+            total = tf.reduce_sum(tf.cast(out, tf.float32))
+        return out, tape.gradient(total, p)
+
+    out, grad = value_and_grad(tf.constant(b1, dtype), tf.constant(b2, dtype))
+    assert out.dtype == dtype
+    assert np.all(np.isfinite(out.numpy().astype(np.float64)))
+    assert np.all(np.isfinite(grad.numpy().astype(np.float64)))
+    np.testing.assert_allclose(float(out[2]), 1.0, atol=1e-3)
+
+
+def test_ciou_alpha_is_constant_in_the_gradient():
+    p = tf.Variable([[0.1, 0.2, 3.0, 1.3]], dtype=tf.float64)  # no ties in min/max
+    t = tf.constant([[0.5, 0.0, 2.5, 2.0]], tf.float64)
+    with tf.GradientTape() as tape:
+        out = boxes.iou(p, t, "xyxy", "ciou")
+    grad = tape.gradient(out, p).numpy()
+
+    def f(x, alpha=None):
+        x1, y1, x2, y2 = x
+        b1 = np.array([x1, y1, x2, y2])
+        b2 = t.numpy()[0]
+        diou = np_overlaps(b1, b2, "diou")
+        iou = np_overlaps(b1, b2, "iou")
+        w1, h1, w2, h2 = x2 - x1, y2 - y1, b2[2] - b2[0], b2[3] - b2[1]
+        v = 4 / np.pi**2 * (np.arctan(w2 / h2) - np.arctan(w1 / h1)) ** 2
+        a = v / (1 - iou + v) if alpha is None else alpha
+        return diou - a * v, a
+
+    x0 = p.numpy()[0]
+    _, alpha0 = f(x0)
+    numeric = []
+    for k in range(4):
+        d = np.zeros(4)
+        d[k] = 1e-6
+        numeric.append((f(x0 + d, alpha0)[0] - f(x0 - d, alpha0)[0]) / 2e-6)
+    np.testing.assert_allclose(grad[0], numeric, rtol=1e-5, atol=1e-8)
