@@ -1,0 +1,211 @@
+"""COCO mAP: hand-computed cases and an independent numpy AP derivation."""
+
+import numpy as np
+import pytest
+
+from keras_yolo import metrics
+
+
+def _det(boxes, scores, classes):
+    boxes = np.asarray(boxes, np.float32).reshape(1, -1, 4)
+    k = boxes.shape[1]
+    return {"boxes": boxes, "scores": np.asarray(scores, np.float32).reshape(1, k),
+            "classes": np.asarray(classes, np.int32).reshape(1, k),
+            "num_detections": np.asarray([k], np.int32)}
+
+
+def _gt(boxes, labels):
+    boxes = np.asarray(boxes, np.float32).reshape(1, -1, 4)
+    return {"boxes": boxes, "labels": np.asarray(labels, np.int32).reshape(1, -1)}
+
+
+def test_perfect_detections_give_map_one():
+    gt = _gt([[0, 0, 40, 40], [50, 50, 90, 70], [10, 60, 30, 95]], [0, 1, 1])
+    det = _det(gt["boxes"][0], [0.9, 0.8, 0.7], [0, 1, 1])
+    result = metrics.coco_map(gt, det, "xyxy", num_classes=2)
+    assert result["map"] == pytest.approx(1.0)
+    assert result["map50"] == pytest.approx(1.0)
+    assert result["map75"] == pytest.approx(1.0)
+    assert result["mar_100"] == pytest.approx(1.0)
+
+
+def test_shifted_box_has_iou_two_thirds_so_ap_is_four_tenths():
+    # Truth 10x10 at the origin, detection shifted by 2 px in x:
+    # IoU = 8*10 / (100 + 100 - 80) = 2/3, a hit at t = .50 .55 .60 .65
+    # and a miss at .70 ... .95, so map = 4/10, map50 = 1, map75 = 0.
+    gt = _gt([[0, 0, 10, 10]], [0])
+    det = _det([[2, 0, 12, 10]], [0.9], [0])
+    result = metrics.coco_map(gt, det, "xyxy")
+    assert result["map"] == pytest.approx(0.4)
+    assert result["map50"] == pytest.approx(1.0)
+    assert result["map75"] == pytest.approx(0.0)
+
+
+def test_false_positive_ranked_first_gives_two_thirds():
+    # Scores: FP .9, TP .8, TP .7 over 2 truths: precision 0, 1/2, 2/3 at
+    # recall 0, 1/2, 1; the interpolated envelope is 2/3 at every recall,
+    # so AP = 2/3 at every IoU threshold.
+    gt = _gt([[0, 0, 20, 20], [40, 40, 60, 60]], [0, 0])
+    det = _det([[70, 70, 90, 90], [0, 0, 20, 20], [40, 40, 60, 60]],
+               [0.9, 0.8, 0.7], [0, 0, 0])
+    result = metrics.coco_map(gt, det, "xyxy")
+    assert result["map"] == pytest.approx(2 / 3)
+    assert result["map50"] == pytest.approx(2 / 3)
+
+
+def test_wrong_class_padding_and_num_detections():
+    gt = {"boxes": np.array([[[0, 0, 20, 20], [5, 5, 6, 6]]], np.float32),
+          "labels": np.array([[0, -1]], np.int32)}
+    # Row 0: wrong class; row 1: correct box but beyond num_detections;
+    # row 2: padding with class -1.
+    det = {"boxes": np.array([[[0, 0, 20, 20], [0, 0, 20, 20], [-1] * 4]],
+                             np.float32),
+           "scores": np.array([[0.9, 0.8, -1]], np.float32),
+           "classes": np.array([[1, 0, -1]], np.int32),
+           "num_detections": np.array([1], np.int32)}
+    result = metrics.coco_map(gt, det, "xyxy", num_classes=2)
+    assert result["map"] == pytest.approx(0.0)
+    det["num_detections"] = np.array([2], np.int32)
+    result = metrics.coco_map(gt, det, "xyxy", num_classes=2)
+    assert result["map"] == pytest.approx(1.0)
+
+
+def test_relative_format_needs_image_shape_and_matches_pixels():
+    gt = _gt([[0.5, 0.5, 0.75, 0.75]], [0])          # rel_center_xywh
+    det = _det([[0.5, 0.5, 0.75, 0.75]], [0.5], [0])
+    with pytest.raises(ValueError, match="image_shape"):
+        metrics.coco_map(gt, det, "rel_center_xywh")
+    result = metrics.coco_map(gt, det, "rel_center_xywh", image_shape=(64, 64))
+    assert result["map"] == pytest.approx(1.0)
+    # 48x48 px box: area 2304 is COCO "medium" (32^2 <= a <= 96^2).
+    assert result["map_medium"] == pytest.approx(1.0)
+    assert result["map_small"] == -1.0
+
+
+def test_no_detections_give_zero_and_bad_input_is_named():
+    gt = _gt([[0, 0, 10, 10]], [0])
+    det = _det(np.zeros((0, 4)), [], [])
+    assert metrics.coco_map(gt, det, "xyxy", num_classes=1)["map"] == 0.0
+    with pytest.raises(ValueError, match="y_pred"):
+        metrics.coco_map(gt, {"boxes": det["boxes"]}, "xyxy")
+    with pytest.raises(ValueError, match="bounding_box_format"):
+        metrics.coco_map(gt, det, "xyxz")
+    with pytest.raises(ValueError, match="classes"):
+        metrics.coco_map(gt, _det([[0, 0, 10, 10]], [0.5], [3]), "xyxy",
+                         num_classes=2)
+
+
+# --- an independent float64 derivation of COCO AP (no pycocotools) --------
+
+def _iou(a, b):
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), -1)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], -1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def _reference_ap(gt_boxes, gt_labels, det_boxes, det_scores, det_classes,
+                  cls, t):
+    """AP of one class at IoU threshold t: greedy matching per image in
+    score order (each detection takes the unmatched truth of highest IoU
+    >= t), precision envelope sampled at 101 recall points."""
+    records, npos = [], 0
+    for i in range(len(gt_boxes)):
+        g = gt_boxes[i][gt_labels[i] == cls]
+        npos += len(g)
+        keep = det_classes[i] == cls
+        d, s = det_boxes[i][keep], det_scores[i][keep]
+        order = np.argsort(-s, kind="mergesort")
+        used = np.zeros(len(g), bool)
+        ious = _iou(d[order], g) if len(g) and len(d) else np.zeros((len(d), len(g)))
+        for n, j in enumerate(order):
+            cand = np.where(~used & (ious[n] >= t), ious[n], -1)
+            hit = len(g) > 0 and cand.max() >= 0
+            if hit:
+                used[cand.argmax()] = True
+            records.append((s[j], hit))
+    if npos == 0:
+        return None
+    records.sort(key=lambda r: -r[0])
+    tp = np.cumsum([r[1] for r in records], dtype=np.float64)
+    fp = np.cumsum([not r[1] for r in records], dtype=np.float64)
+    recall = tp / npos
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    samples = []
+    for r in np.linspace(0, 1, 101):
+        idx = np.searchsorted(recall, r, side="left")
+        samples.append(envelope[idx] if idx < len(envelope) else 0.0)
+    return float(np.mean(samples))
+
+
+def test_matches_independent_numpy_ap_on_random_detections():
+    rng = np.random.default_rng(0)
+    n, m, k, c = 6, 5, 12, 3
+    xy = rng.uniform(0, 150, (n, m, 2))
+    wh = rng.uniform(20, 100, (n, m, 2))
+    gt_boxes = np.concatenate([xy, xy + wh], -1)
+    gt_labels = rng.integers(0, c, (n, m))
+    gt_labels[:, -1] = -1                          # a padded row per image
+    # Detections: jittered copies of truths (some with a wrong class) + noise.
+    src = rng.integers(0, m - 1, (n, k))
+    base = np.take_along_axis(gt_boxes, src[..., None], 1)
+    jitter = rng.normal(0, 8, (n, k, 4))
+    noise = rng.uniform(0, 1, (n, k, 1)) < 0.25
+    rand_xy = rng.uniform(0, 200, (n, k, 2))
+    rand = np.concatenate([rand_xy, rand_xy + rng.uniform(10, 60, (n, k, 2))], -1)
+    det_boxes = np.where(noise, rand, base + jitter)
+    det_boxes[..., 2:] = np.maximum(det_boxes[..., 2:], det_boxes[..., :2] + 1)
+    det_classes = np.where(rng.uniform(size=(n, k)) < 0.8,
+                           np.take_along_axis(gt_labels, src, 1),
+                           rng.integers(0, c, (n, k)))
+    det_scores = rng.uniform(0.05, 1, (n, k))
+    result = metrics.coco_map(
+        {"boxes": gt_boxes, "labels": gt_labels},
+        {"boxes": det_boxes, "scores": det_scores, "classes": det_classes,
+         "num_detections": np.full(n, k)}, "xyxy", num_classes=c)
+    valid = [gt_labels[i] >= 0 for i in range(n)]
+    gtb = [gt_boxes[i][valid[i]] for i in range(n)]
+    gtl = [gt_labels[i][valid[i]] for i in range(n)]
+    thresholds = np.linspace(0.5, 0.95, 10)
+    table = np.array([[_reference_ap(gtb, gtl, det_boxes, det_scores,
+                                     det_classes, cls, t)
+                       for cls in range(c)] for t in thresholds], np.float64)
+    assert 0.1 < table.mean() < 0.9, "a non-trivial case"
+    assert result["map"] == pytest.approx(table.mean(), abs=1e-12)
+    assert result["map50"] == pytest.approx(table[0].mean(), abs=1e-12)
+    assert result["map75"] == pytest.approx(table[5].mean(), abs=1e-12)
+
+
+def test_callback_logs_map_every_n_epochs_and_after_the_last():
+    import keras
+    import tensorflow as tf
+
+    n = 4
+    gt = {"boxes": np.tile(np.array([[[4, 4, 20, 28], [0, 0, 0, 0]]], np.float32), (n, 1, 1)),
+          "labels": np.tile(np.array([[1, -1]], np.int32), (n, 1))}
+    images = np.zeros((n, 32, 32, 3), np.float32)
+    val = tf.data.Dataset.from_tensor_slices((images, gt)).batch(2)
+
+    def postprocess(outputs):  # a fixed detector: truth box, and a miss
+        b = tf.shape(outputs)[0]
+        boxes = tf.constant([[4, 4, 20, 28], [0, 0, 8, 8]], tf.float32)
+        return {"boxes": tf.tile(boxes[None], [b, 1, 1]),
+                "scores": tf.tile(tf.constant([[0.9, 0.95]]), [b, 1]),
+                "classes": tf.tile(tf.constant([[1, 0]]), [b, 1]),
+                "num_detections": tf.fill([b], 2)}
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    cb = metrics.CocoMetricCallback(val, "xyxy", postprocess=postprocess,
+                                    every_n_epochs=2, num_classes=2)
+    history = model.fit(images, np.zeros((n, 1)), epochs=3, verbose=0,
+                        callbacks=[cb])
+    assert [h["epoch"] for h in cb.history] == [2, 3]
+    # class 1: AP 1; class 0 has no truth (excluded): map = 1.
+    assert cb.history[0]["map"] == pytest.approx(1.0)
+    assert history.history["val_map"] == pytest.approx([1.0, 1.0])
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        metrics.CocoMetricCallback(val, "xyxy", every_n_epochs=0)
