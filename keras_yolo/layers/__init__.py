@@ -1,1 +1,2 @@
 """Keras layers: head decoding per version and the blocks the models use."""
+from keras_yolo.layers.yolo_v1_decode import YoloV1Decode

@@ -1,1 +1,2 @@
 """The YOLO v1 to v5 objectives as `keras.losses.Loss` subclasses."""
+from keras_yolo.losses.yolo_v1 import YoloV1Loss

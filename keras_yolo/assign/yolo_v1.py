@@ -1,0 +1,144 @@
+"""YOLOv1 target assignment: one object per grid cell, one responsible box.
+
+The seed (YOLOv1): "an object is assigned to the grid cell its centre falls
+in", and "we assign one predictor to be responsible for predicting an object
+based on which prediction has the highest current IOU with the ground truth".
+Darknet's `[detection]` layer (pjreddie, 2018) fixes what the paper leaves
+open; this module does exactly what it does:
+
+* Cell: column `floor(x * S)`, row `floor(y * S)` of the box centre
+  (`rel_center_xywh`), clipped to `[0, S - 1]` (darknet indexes out of the
+  grid for a centre at exactly 1.0).
+* Several objects in one cell: the cell keeps ONE, the first in `y_true`'s
+  row order; the others get no target at all (darknet's `fill_truth_region`
+  keeps the first it reads, `if (truth[index]) continue;`, after shuffling
+  the label file, so darknet's choice is random; ours is deterministic).
+* Units: `x, y` are the centre's offset inside its cell, in cell units
+  `[0, 1)`; `w, h` are fractions of the image.
+* Responsible predictor `j` of a cell with an object: the highest IoU
+  between the predicted box and the truth; ties go to the lowest `j`. When
+  no prediction overlaps the truth (all IoUs 0), the predictor with the
+  smallest distance `sqrt(dx² + dy² + dw² + dh²)` between the boxes
+  `(x / S, y / S, w, h)` (darknet's `box_rmse` fallback); ties again go to
+  the lowest `j`.
+* Class ids `>= num_classes` keep the object but give an all-zero class
+  target (darknet: `if (id < classes) truth[index + id] = 1;`).
+
+All functions are vectorised over images, objects and cells (masks, one-hot
+matrices, no Python loop over boxes) and compile with XLA.
+"""
+
+import tensorflow as tf
+
+
+def cell_targets(boxes, labels, grid_size, num_classes):
+    """Per-cell YOLOv1 targets from padded ground truth.
+
+    Args:
+        boxes: `(B, M, 4)` `rel_center_xywh` boxes.
+        labels: `(B, M)` int class ids, `-1` for padding.
+        grid_size: S.
+        num_classes: C.
+
+    Returns:
+        dict of
+        `"object_mask"`: `(B, S, S)` float32, 1 where a cell holds an object
+            (the seed's 1^obj_i);
+        `"boxes"`: `(B, S, S, 4)` `[x, y, w, h]`, `x, y` offsets inside the
+            cell (cell units), `w, h` fractions of the image; 0 elsewhere;
+        `"classes"`: `(B, S, S, C)` one-hot class of the kept object.
+
+    Example:
+        >>> t = cell_targets([[[0.5, 0.2, 0.3, 0.1]]], [[1]], 7, 3)
+        >>> t["boxes"][0, 1, 3]   # [0.5, 0.4, 0.3, 0.1]: cell row 1, col 3
+    """
+    boxes = tf.cast(boxes, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    s = grid_size
+    valid = labels >= 0                                           # (B, M)
+    grid_xy = boxes[..., :2] * s
+    cell_xy = tf.clip_by_value(tf.floor(grid_xy), 0.0, s - 1.0)   # col, row
+    offsets = grid_xy - cell_xy
+    cell = tf.cast(cell_xy[..., 1] * s + cell_xy[..., 0], tf.int32)  # (B, M)
+
+    # An object wins its cell when no earlier valid object shares the cell.
+    m = tf.shape(labels)[1]
+    earlier = tf.range(m)[None, :] < tf.range(m)[:, None]         # [m, m']
+    same = (cell[:, :, None] == cell[:, None, :]) & valid[:, None, :]
+    beaten = tf.reduce_any(same & earlier[None], axis=-1)
+    winner = tf.cast(valid & ~beaten, tf.float32)                  # (B, M)
+
+    # (B, M, S*S): at most one 1 per cell column, so a sum picks the winner.
+    assign = tf.one_hot(cell, s * s, dtype=tf.float32) * winner[..., None]
+    values = tf.concat(
+        [offsets, boxes[..., 2:4], tf.one_hot(labels, num_classes)], axis=-1)
+    per_cell = tf.einsum("bmk,bmd->bkd", assign, values)
+    batch = tf.shape(boxes)[0]
+    per_cell = tf.reshape(per_cell, [batch, s, s, 4 + num_classes])
+    mask = tf.reshape(tf.reduce_sum(assign, axis=1), [batch, s, s])
+    return {"object_mask": mask, "boxes": per_cell[..., :4],
+            "classes": per_cell[..., 4:]}
+
+
+def darknet_iou(boxes1, boxes2):
+    """IoU of centre-size boxes exactly as darknet's `box_iou` computes it.
+
+    `inter = max(overlap_x, 0 if overlap_y < 0) ...`: the intersection is 0
+    when either overlap is negative, `union = w1 h1 + w2 h2 - inter`, and
+    `IoU = inter / union` (0 where the union is 0, where darknet divides by
+    zero). Differs from `keras_yolo.boxes.iou` only for negative widths,
+    which darknet's linear parametrisation without `sqrt` can produce.
+
+    Args:
+        boxes1, boxes2: broadcastable `(..., 4)` `[x, y, w, h]` tensors.
+
+    Returns:
+        `(...)` IoU.
+    """
+    x1, y1, w1, h1 = tf.unstack(boxes1, 4, axis=-1)
+    x2, y2, w2, h2 = tf.unstack(boxes2, 4, axis=-1)
+
+    def overlap(c1, s1, c2, s2):
+        left = tf.maximum(c1 - s1 / 2, c2 - s2 / 2)
+        right = tf.minimum(c1 + s1 / 2, c2 + s2 / 2)
+        return right - left
+
+    ow, oh = overlap(x1, w1, x2, w2), overlap(y1, h1, y2, h2)
+    inter = tf.where((ow < 0) | (oh < 0), 0.0, ow * oh)
+    union = w1 * h1 + w2 * h2 - inter
+    nonzero = tf.not_equal(union, 0.0)
+    return tf.where(nonzero, inter / tf.where(nonzero, union, 1.0), 0.0)
+
+
+def _first_index(condition):
+    """Lowest index along the last axis where `condition` holds."""
+    n = condition.shape[-1]
+    idx = tf.range(n, dtype=tf.int32)
+    return tf.reduce_min(tf.where(condition, idx, n), axis=-1)
+
+
+def responsible_predictor(pred_boxes, truth_boxes, grid_size):
+    """Chooses the responsible box of each cell (the seed's 1^obj_ij).
+
+    Args:
+        pred_boxes: `(B, S, S, Bx, 4)` predicted `[x, y, w, h]` (cell
+            offsets, image fractions).
+        truth_boxes: `(B, S, S, 4)` targets in the same units.
+        grid_size: S.
+
+    Returns:
+        `(one_hot (B, S, S, Bx) float32, iou (B, S, S, Bx))`: the chosen
+        predictor (highest IoU, lowest index on ties; smallest box distance
+        when no IoU is positive) and every predictor's IoU with the truth.
+    """
+    scale = tf.constant([1.0 / grid_size, 1.0 / grid_size, 1.0, 1.0])
+    pred = pred_boxes * scale
+    truth = (truth_boxes * scale)[..., None, :]
+    iou = darknet_iou(pred, truth)
+    distance = tf.reduce_sum(tf.square(pred - truth), axis=-1)
+    by_iou = _first_index(iou >= tf.reduce_max(iou, -1, keepdims=True))
+    by_distance = _first_index(
+        distance <= tf.reduce_min(distance, -1, keepdims=True))
+    overlaps = tf.reduce_max(iou, axis=-1) > 0
+    best = tf.where(overlaps, by_iou, by_distance)
+    return tf.one_hot(best, pred_boxes.shape[-2], dtype=tf.float32), iou
