@@ -1,2 +1,3 @@
 """Keras layers: head decoding per version and the blocks the models use."""
 from keras_yolo.layers.yolo_v1_decode import YoloV1Decode
+from keras_yolo.layers.yolo_v2_decode import YoloV2Decode

@@ -1,0 +1,351 @@
+"""YOLOv2 objective: the seed's formula, and darknet's `[region]` layer."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_yolo import anchors as default_anchors
+from keras_yolo import boxes as box_ops
+from keras_yolo.assign import yolo_v2 as assign_v2
+from keras_yolo.layers.yolo_v2_decode import check_v2_anchors, decode_v2
+
+# darknet region_layer.c: while fewer than 12800 images have been seen, every
+# predicted box is pulled towards its anchor centred in its cell, with a
+# delta scale of .01.
+DARKNET_PRIOR_IMAGES = 12800
+DARKNET_PRIOR_SCALE = 0.01
+
+
+def _single_level(y_pred):
+    if isinstance(y_pred, (list, tuple)):
+        if len(y_pred) != 1:
+            raise ValueError(
+                f"YoloV2Loss takes one level; got a list of {len(y_pred)}.")
+        y_pred = y_pred[0]
+    return tf.cast(y_pred, tf.float32)
+
+
+def _masked_sum(mask, values):
+    """Σ mask * values without letting inf/NaN of masked-out slots through."""
+    return tf.reduce_sum(tf.where(mask > 0, mask * values, 0.0))
+
+
+@keras.saving.register_keras_serializable(package="keras_yolo")
+class YoloV2Loss(keras.losses.Loss):
+    """YOLOv2 objective (Redmon & Farhadi 2017, "YOLO9000").
+
+    Default (the seed's formula), summed over cells i and anchors j:
+
+        L = λ_coord Σ 1obj_ij (2 - w_ij h_ij) [(x_ij - x̂_ij)² + (y_ij - ŷ_ij)²
+                                            + (w_ij - ŵ_ij)² + (h_ij - ĥ_ij)²]
+          + λ_obj   Σ 1obj_ij   (IOU^truth_pred - Ĉ_ij)²
+          + λ_noobj Σ 1noobj_ij (0 - Ĉ_ij)²
+          + λ_class Σ 1obj_ij Σ_c (p_i(c) - p̂_i(c))²
+
+    How each symbol is read (hat = prediction, no hat = truth, as in the
+    seed's `(IOU - Ĉ)²` and `(0 - Ĉ)²`):
+
+    * x̂ = logistic(t_x) + c_x, ŷ = logistic(t_y) + c_y, ŵ = p_w e^{t_w},
+      ĥ = p_h e^{t_h}, all in grid cells (the unit of c_x), so p_w, p_h are
+      the anchor in cells (pixels / stride, darknet's `biases`); x, y, w, h
+      are the truth's centre and size in the same grid cells.
+    * In the weight (2 - w h), w and h are the truth's size as fractions of
+      the image (darknet's `2 - truth.w*truth.h`): it lies in [1, 2] and
+      favours small boxes.
+    * Ĉ = logistic(t_o); p̂(c) = softmax(c)_c; p(c) is the one-hot truth.
+    * 1obj_ij = 1 for the anchor j, in the cell i holding the truth's centre,
+      whose shape (centred on the truth) has the highest IoU with the truth
+      (`1obj = max(IOU^truth_anchor)`). Two truths on one cell and anchor:
+      the later row of `y_true` wins (as darknet).
+    * IOU^truth_pred: plain IoU of the decoded predicted box and its truth,
+      a constant target (no gradient), as darknet's `rescore`.
+    * 1noobj = 1 - 1obj. `ignore_thresh` (not in the seed; darknet's
+      `thresh=.6`) additionally exempts predictions whose best IoU with any
+      truth of the image exceeds it.
+
+    `darknet_compat=True` reproduces pjreddie darknet's `[region]` layer
+    (`src/region_layer.c`, 2018, `softmax=1`, `coords=4`) instead; its
+    arguments replace the λs. Per image:
+
+        box   = Σ 1obj ½ s (2 - w h) [(t̃_x - σ(t_x))² + (t̃_y - σ(t_y))²
+                                     + (t̃_w - t_w)² + (t̃_h - t_h)²]
+                + [seen < 12800] Σ (1 - 1obj) ½ .01 [(½ - σ(t_x))² + (½ - σ(t_y))²
+                                                      + t_w² + t_h²]
+        obj   = Σ 1obj ½ object_scale (T - Ĉ)²,  T = IOU^truth_pred if rescore else 1
+        noobj = Σ (1 - 1obj) [best IoU with any truth <= thresh] ½ noobject_scale Ĉ²
+        cls   = Σ 1obj class_scale (-Σ_c p(c) log p̂(c))
+
+    with s = `coord_scale`, t̃_x = x W - c_x (offset in the cell),
+    t̃_w = log(w W / p_w), and `bias_match=False` choosing the responsible
+    anchor by the predicted box shape instead of the anchor shape. Then,
+    exactly, for every raw output r of image b:
+
+        -B dL/dr = delta(r) * σ'(r) for x, y and objectness
+        -B dL/dr = delta(r)         for w, h and the class scores
+
+    where `delta` is the layer's `l.delta`. The σ' factor is what darknet's
+    GPU build applies (`backward_region_layer_gpu` runs `gradient_array`
+    LOGISTIC on x, y and objectness); the CPU `backward_region_layer` is
+    empty (commented out), so a CPU build never back-propagates this layer:
+    a darknet quirk we do not copy. The factor B is the reduction below;
+    darknet divides the summed delta by the batch in its update
+    (`learning_rate / batch`), so the same learning rate gives the same step.
+    darknet's truth list is also reproduced: at most 30 truths per image, a
+    truth whose centre x is exactly 0 ends the list.
+
+    The prior term needs how many images darknet has seen (it adds the batch
+    size to `net.seen` before the forward pass). `seen` is a non-trainable
+    variable of this loss: each call `loss(y_true, y_pred)` adds the batch
+    size, then computes with the new count, so it works inside `model.fit`
+    (also under `jit_compile`). Every call counts, evaluation included;
+    `count_seen=False` freezes it (then set `loss.seen.assign(n)` yourself),
+    `prior_images=0` disables the term. Under a distribution strategy the
+    count is per replica.
+
+    Reduction: each term is summed over the image's cells and anchors and
+    the sum is averaged over the batch (divided by B); multiply by B for
+    darknet's per-batch sum.
+
+    Args:
+        num_classes: C.
+        anchors: `(1, A, 2)` anchor `(w, h)` in input pixels. Default
+            `keras_yolo.anchors.YOLOV2_COCO_ANCHORS` (darknet `yolov2.cfg`,
+            smallest 18 px; `YOLOV2_VOC_ANCHORS`, smallest 42 px, suit
+            VOC's larger objects).
+        strides: `(stride,)`, default `(32,)`. The input image is taken to be
+            grid size * stride pixels.
+        lambda_coord, lambda_obj, lambda_noobj, lambda_class: the seed's
+            weights; defaults 1, 5, 1, 1 are `yolov2-voc.cfg`'s
+            `coord_scale`, `object_scale`, `noobject_scale`, `class_scale`.
+        ignore_thresh: optional IoU above which a prediction gets no noobj
+            loss (default None: the seed's 1noobj = 1 - 1obj).
+        bounding_box_format: format of `y_true["boxes"]`.
+        darknet_compat: use darknet's `[region]` layer instead of the seed.
+        coord_scale, object_scale, noobject_scale, class_scale, thresh,
+            rescore, bias_match: darknet's `[region]` options, defaults of
+            `cfg/yolov2.cfg` / `yolov2-voc.cfg`.
+        prior_images: the prior term applies while `seen < prior_images`.
+        prior_scale: its delta scale (darknet: .01).
+        seen: initial count of images seen.
+        count_seen: add the batch size to `seen` at each call.
+
+    Example:
+        >>> loss = YoloV2Loss(num_classes=20, anchors=YOLOV2_VOC_ANCHORS)
+        >>> y_true = {"boxes": boxes, "labels": labels}   # rel_center_xywh
+        >>> total = loss(y_true, model(images))            # (B, 13, 13, 5, 25)
+        >>> loss.components(y_true, model(images))         # box, obj, noobj, cls
+    """
+
+    def __init__(self, num_classes, anchors=None, strides=(32,),
+                 lambda_coord=1.0, lambda_obj=5.0, lambda_noobj=1.0,
+                 lambda_class=1.0, ignore_thresh=None,
+                 bounding_box_format="rel_center_xywh", darknet_compat=False,
+                 coord_scale=1.0, object_scale=5.0, noobject_scale=1.0,
+                 class_scale=1.0, thresh=0.6, rescore=True, bias_match=True,
+                 prior_images=DARKNET_PRIOR_IMAGES,
+                 prior_scale=DARKNET_PRIOR_SCALE, seen=0, count_seen=True,
+                 name="yolo_v2_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
+        box_ops._check_format("bounding_box_format", bounding_box_format)
+        if anchors is None:
+            anchors = default_anchors.YOLOV2_COCO_ANCHORS
+        anchors, stride = check_v2_anchors(anchors, strides)
+        for key, value in dict(lambda_coord=lambda_coord, lambda_obj=lambda_obj,
+                               lambda_noobj=lambda_noobj,
+                               lambda_class=lambda_class,
+                               coord_scale=coord_scale,
+                               object_scale=object_scale,
+                               noobject_scale=noobject_scale,
+                               class_scale=class_scale,
+                               prior_scale=prior_scale).items():
+            if float(value) < 0:
+                raise ValueError(f"`{key}` must be >= 0; got {value}.")
+        if ignore_thresh is not None and not 0 <= ignore_thresh <= 1:
+            raise ValueError(
+                f"`ignore_thresh` must be None or in [0, 1]; got {ignore_thresh}.")
+        if int(seen) < 0 or int(prior_images) < 0:
+            raise ValueError(
+                f"`seen` and `prior_images` must be >= 0; got {seen}, "
+                f"{prior_images}.")
+        self.num_classes = int(num_classes)
+        self.anchors = [anchors]
+        self.strides = (stride,)
+        self.lambda_coord = float(lambda_coord)
+        self.lambda_obj = float(lambda_obj)
+        self.lambda_noobj = float(lambda_noobj)
+        self.lambda_class = float(lambda_class)
+        self.ignore_thresh = None if ignore_thresh is None else float(ignore_thresh)
+        self.bounding_box_format = bounding_box_format
+        self.darknet_compat = bool(darknet_compat)
+        self.coord_scale = float(coord_scale)
+        self.object_scale = float(object_scale)
+        self.noobject_scale = float(noobject_scale)
+        self.class_scale = float(class_scale)
+        self.thresh = float(thresh)
+        self.rescore = bool(rescore)
+        self.bias_match = bool(bias_match)
+        self.prior_images = int(prior_images)
+        self.prior_scale = float(prior_scale)
+        self.count_seen = bool(count_seen)
+        self.seen = keras.Variable(int(seen), dtype="int64", trainable=False,
+                                   name="seen",
+                                   aggregation="only_first_replica")
+        self._anchors_cells = np.asarray(anchors, np.float32) / stride
+
+    # -- Keras entry point ---------------------------------------------------
+    def call(self, y_true, y_pred):
+        seen = None
+        if self.darknet_compat and self.count_seen:
+            batch = tf.shape(_single_level(y_pred))[0]
+            seen = self.seen.assign_add(tf.cast(batch, "int64"))
+        parts = self.components(y_true, y_pred, seen=seen)
+        return tf.add_n(list(parts.values()))
+
+    def components(self, y_true, y_pred, seen=None):
+        """The loss terms `{"box", "obj", "noobj", "cls"}` (scalars).
+
+        Args:
+            y_true: `{"boxes": (B, M, 4), "labels": (B, M)}`, label -1 pads.
+            y_pred: raw `(B, H, W, A, 5 + C)` or a list of that one level.
+            seen: images seen, for darknet's prior term; default the `seen`
+                variable's current value (not advanced here).
+        """
+        raw = _single_level(y_pred)
+        grid_shape = self._check_shapes(raw)
+        labels = tf.convert_to_tensor(y_true["labels"])
+        if labels.dtype.is_floating:
+            labels = tf.cast(tf.round(labels), tf.int32)
+        labels = tf.cast(labels, tf.int32)
+        tf.debugging.assert_less(
+            labels, self.num_classes,
+            message=f"y_true['labels'] must be < num_classes={self.num_classes}")
+        pred_rel, objectness, class_probs = decode_v2(raw, self._anchors_cells)
+        predicted_wh = tf.exp(raw[..., 2:4]) * self._anchors_cells
+        targets = assign_v2.assign(
+            y_true["boxes"], labels, self._anchors_cells, grid_shape,
+            self.strides[0], self.bounding_box_format,
+            bias_match=self.bias_match or not self.darknet_compat,
+            predicted_wh=tf.stop_gradient(predicted_wh),
+            darknet_truth_list=self.darknet_compat)
+        batch = tf.cast(tf.shape(raw)[0], tf.float32)
+        terms = (self._darknet_terms if self.darknet_compat
+                 else self._seed_terms)(raw, pred_rel, objectness, class_probs,
+                                        targets, grid_shape, seen)
+        return {key: value / batch for key, value in terms.items()}
+
+    # -- the two objectives ----------------------------------------------------
+    def _truth_in_cells(self, truth, grid_shape):
+        """Truth centre offsets in its cell and size in grid cells."""
+        height, width = grid_shape
+        cols = tf.range(width, dtype=tf.float32)[None, None, :, None]
+        rows = tf.range(height, dtype=tf.float32)[None, :, None, None]
+        offset_x = truth[..., 0] * width - cols
+        offset_y = truth[..., 1] * height - rows
+        return offset_x, offset_y, truth[..., 2] * width, truth[..., 3] * height
+
+    def _seed_terms(self, raw, pred_rel, objectness, class_probs, targets,
+                    grid_shape, seen):
+        resp = targets["responsible"]
+        truth = targets["truth"]
+        x, y, w, h = self._truth_in_cells(truth, grid_shape)
+        # e^{t_w} only where a truth is assigned: no overflow elsewhere.
+        t_wh = tf.where(resp[..., None] > 0, raw[..., 2:4], 0.0)
+        pred_wh = tf.exp(t_wh) * self._anchors_cells
+        offset = tf.sigmoid(raw[..., 0:2])
+        weight = 2.0 - truth[..., 2] * truth[..., 3]
+        squared = (tf.square(x - offset[..., 0]) + tf.square(y - offset[..., 1])
+                   + tf.square(w - pred_wh[..., 0])
+                   + tf.square(h - pred_wh[..., 1]))
+        iou = tf.stop_gradient(assign_v2.center_iou(pred_rel, truth))
+        noobj_mask = 1.0 - resp
+        if self.ignore_thresh is not None:
+            best = self._best_iou(pred_rel, targets)
+            noobj_mask *= tf.cast(best <= self.ignore_thresh, tf.float32)
+        one_hot = tf.one_hot(targets["label"], self.num_classes)
+        return {
+            "box": self.lambda_coord * _masked_sum(resp, weight * squared),
+            "obj": self.lambda_obj * _masked_sum(resp,
+                                                 tf.square(iou - objectness)),
+            "noobj": self.lambda_noobj * _masked_sum(noobj_mask,
+                                                     tf.square(objectness)),
+            "cls": self.lambda_class * _masked_sum(
+                resp, tf.reduce_sum(tf.square(one_hot - class_probs), -1)),
+        }
+
+    def _darknet_terms(self, raw, pred_rel, objectness, class_probs, targets,
+                       grid_shape, seen):
+        resp = targets["responsible"]
+        truth = targets["truth"]
+        x, y, w, h = self._truth_in_cells(truth, grid_shape)
+        has_truth = resp[..., None] > 0
+        # log(w W / p_w) only where a truth is assigned (log 0 elsewhere).
+        size = tf.where(has_truth, tf.stack([w, h], -1), self._anchors_cells)
+        t_target = tf.math.log(size / self._anchors_cells)
+        offset = tf.sigmoid(raw[..., 0:2])
+        scale = self.coord_scale * (2.0 - truth[..., 2] * truth[..., 3])
+        squared = (tf.square(x - offset[..., 0]) + tf.square(y - offset[..., 1])
+                   + tf.reduce_sum(tf.square(t_target - raw[..., 2:4]), -1))
+        box = _masked_sum(resp, 0.5 * scale * squared)
+        if seen is None:
+            seen = self.seen
+        prior_on = tf.cast(tf.convert_to_tensor(seen, tf.int64)
+                           < self.prior_images, tf.float32)
+        prior = (tf.reduce_sum(tf.square(0.5 - offset), -1)
+                 + tf.reduce_sum(tf.square(raw[..., 2:4]), -1))
+        box += prior_on * _masked_sum(1.0 - resp,
+                                      0.5 * self.prior_scale * prior)
+        iou = tf.stop_gradient(assign_v2.center_iou(pred_rel, truth))
+        target = iou if self.rescore else tf.ones_like(iou)
+        best = self._best_iou(pred_rel, targets)
+        noobj_mask = (1.0 - resp) * tf.cast(best <= self.thresh, tf.float32)
+        log_probs = tf.nn.log_softmax(raw[..., 5:], axis=-1)
+        one_hot = tf.one_hot(targets["label"], self.num_classes)
+        return {
+            "box": box,
+            "obj": _masked_sum(resp, 0.5 * self.object_scale
+                               * tf.square(target - objectness)),
+            "noobj": _masked_sum(noobj_mask, 0.5 * self.noobject_scale
+                                 * tf.square(objectness)),
+            "cls": _masked_sum(resp, -self.class_scale
+                               * tf.reduce_sum(one_hot * log_probs, -1)),
+        }
+
+    def _best_iou(self, pred_rel, targets):
+        shape = tf.shape(pred_rel)
+        flat = tf.reshape(tf.stop_gradient(pred_rel), (shape[0], -1, 4))
+        best = assign_v2.best_truth_iou(flat, targets["rel"], targets["valid"])
+        return tf.reshape(best, shape[:-1])
+
+    def _check_shapes(self, raw):
+        if raw.shape.rank != 5:
+            raise ValueError(
+                f"y_pred must be (B, H, W, A, 5 + C); got shape {raw.shape}.")
+        height, width, num_anchors, depth = raw.shape[1:]
+        if height is None or width is None:
+            raise ValueError(
+                f"y_pred needs a static grid size; got shape {raw.shape}.")
+        if num_anchors != len(self.anchors[0]) or depth != 5 + self.num_classes:
+            raise ValueError(
+                f"y_pred must be (B, H, W, {len(self.anchors[0])}, "
+                f"{5 + self.num_classes}) for {len(self.anchors[0])} anchors "
+                f"and num_classes={self.num_classes}; got shape {raw.shape}.")
+        return int(height), int(width)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes, anchors=self.anchors,
+            strides=list(self.strides), lambda_coord=self.lambda_coord,
+            lambda_obj=self.lambda_obj, lambda_noobj=self.lambda_noobj,
+            lambda_class=self.lambda_class, ignore_thresh=self.ignore_thresh,
+            bounding_box_format=self.bounding_box_format,
+            darknet_compat=self.darknet_compat, coord_scale=self.coord_scale,
+            object_scale=self.object_scale,
+            noobject_scale=self.noobject_scale, class_scale=self.class_scale,
+            thresh=self.thresh, rescore=self.rescore,
+            bias_match=self.bias_match, prior_images=self.prior_images,
+            prior_scale=self.prior_scale, seen=int(self.seen.numpy()),
+            count_seen=self.count_seen)
+        return config
