@@ -1,3 +1,4 @@
 """The YOLO v1 to v5 objectives as `keras.losses.Loss` subclasses."""
 from keras_yolo.losses.yolo_v1 import YoloV1Loss
 from keras_yolo.losses.yolo_v2 import YoloV2Loss
+from keras_yolo.losses.yolo_v5 import YoloV5Loss, scale_hyperparameters
