@@ -1,0 +1,215 @@
+"""training: strategies, XLA, schedules, EMA, checkpoints and resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import training
+from keras_yolo import data
+from training import strategy as strategy_lib
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+sys.path.insert(0, TESTS)
+
+from tiny_detector import TinyLoss, build_tiny_model  # noqa: E402
+
+IMAGE = 64
+
+
+@pytest.fixture(scope="module")
+def shapes32():
+    return data.shapes(num_images=32, image_size=IMAGE, num_classes=3, seed=0)
+
+
+class StepLosses(keras.callbacks.Callback):
+    """Keras' running mean of the epoch's loss after every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.append(float(logs["loss"]))
+
+
+MIRRORED_SCRIPT = r"""
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration()] * 2)   # before TF starts
+import keras, numpy as np
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import training
+from keras_yolo import data
+from tiny_detector import build_tiny_model, TinyLoss
+
+class Steps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__(); self.losses = []
+    def on_train_batch_end(self, b, logs=None):
+        self.losses.append(float(logs["loss"]))
+
+ds = data.shapes(num_images=32, image_size=64, num_classes=3, seed=0)
+out = {}
+fit = keras.Model.fit
+for name in ("default", "mirrored"):
+    steps = Steps()
+    def recording_fit(self, *a, **k):
+        k["callbacks"] = list(k.get("callbacks") or []) + [steps]
+        return fit(self, *a, **k)
+    keras.Model.fit = recording_fit
+    res = training.train(
+        lambda: build_tiny_model(64, 3, seed=0), TinyLoss(3), ds, epochs=2,
+        batch_size=8, optimizer="sgd", learning_rate=0.01, ema=False,
+        shuffle=False, strategy=name, jit_compile=False, warmup_epochs=0,
+        run_dir=os.path.join(sys.argv[3], name))
+    keras.Model.fit = fit
+    strategy = training.make_strategy(name)
+    out[name] = {"losses": steps.losses,
+                 "replicas": res.metrics["replicas"],
+                 "jit": training.resolve_jit_compile("auto", strategy),
+                 "weights": [w.tolist() for w in res.model.get_weights()[:2]]}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_mirrored_two_cpus_matches_one_device_for_the_same_global_batch(
+        tmp_path):
+    # Global batch 8 = 2 replicas x 4 images. Same loss after every step and
+    # same weights after 8 SGD steps means the per-replica loss is divided by
+    # the replica count before the cross-replica gradient sum (otherwise the
+    # gradient, and Keras' reported loss, would be twice as large).
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, ROOT, TESTS, str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+    assert lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT"):])
+    one, two = out["default"], out["mirrored"]
+    assert one["replicas"] == 1 and two["replicas"] == 2
+    # "auto": XLA on one device, not under MirroredStrategy over CPUs (it
+    # fails there); the XLA path itself is tested on one device below.
+    assert one["jit"] is True and two["jit"] is False
+    assert len(one["losses"]) == len(two["losses"]) == 8
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
+    for a, b in zip(one["weights"], two["weights"]):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-3,
+                                   atol=1e-5)
+
+
+def test_jit_compiled_step_matches_the_graph_step(shapes32, tmp_path):
+    losses = {}
+    for jit in (True, False):
+        steps = StepLosses()
+        result = training.train(
+            lambda: build_tiny_model(IMAGE, 3, seed=1), TinyLoss(3), shapes32,
+            epochs=1, batch_size=8, optimizer="sgd", learning_rate=0.01,
+            shuffle=False, strategy="default", jit_compile=jit,
+            run_dir=str(tmp_path / f"jit{jit}"), ema=False, warmup_epochs=0,
+            extra_callbacks=[steps])
+        assert result.model.jit_compile is jit
+        assert result.metrics["jit_compile"] is jit
+        losses[jit] = steps.losses
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+
+
+def test_jit_compile_choice_follows_the_strategy():
+    default = tf.distribute.get_strategy()
+    assert strategy_lib.resolve_jit_compile("auto", default) is True
+    assert strategy_lib.resolve_jit_compile(False, default) is False
+    with pytest.raises(ValueError, match="jit_compile"):
+        strategy_lib.resolve_jit_compile("yes", default)
+    with pytest.raises(ValueError, match="strategy"):
+        strategy_lib.make_strategy("tpu")
+
+
+def test_warmup_cosine_schedule_hand_values_and_config():
+    s = training.WarmupDecay(0.1, total_steps=110, warmup_steps=10,
+                             decay="cosine", final_fraction=0.01)
+    # warmup: 0.1 * step / 10; cosine: 0.1 * (0.01 + 0.99 (1 + cos(pi x)) / 2)
+    expected = {0: 0.0, 5: 0.05, 10: 0.1, 60: 0.1 * (0.01 + 0.99 * 0.5),
+                110: 0.001, 500: 0.001}
+    for step, value in expected.items():
+        assert float(s(step)) == pytest.approx(value, rel=1e-5, abs=1e-8)
+    linear = training.WarmupDecay(1.0, total_steps=100, decay="linear",
+                                  final_fraction=0.0)
+    assert float(linear(25)) == pytest.approx(0.75)
+    again = training.WarmupDecay.from_config(s.get_config())
+    assert float(again(37)) == pytest.approx(float(s(37)))
+    with pytest.raises(ValueError, match="decay"):
+        training.WarmupDecay(0.1, 10, decay="step")
+
+
+def test_ema_weights_swaps_in_the_average_and_restores(shapes32, tmp_path):
+    result = training.train(
+        lambda: build_tiny_model(IMAGE, 3, seed=2), TinyLoss(3), shapes32,
+        epochs=1, batch_size=8, learning_rate=0.01, ema=True,
+        ema_momentum=0.5, strategy="default", jit_compile=False,
+        run_dir=str(tmp_path / "ema"))
+    model = result.model
+    # After fit the model holds the EMA weights (Keras finalizes them);
+    # set different raw weights and check the swap.
+    averages = [a.numpy() for a in
+                model.optimizer._model_variables_moving_average]
+    np.testing.assert_allclose(model.trainable_variables[0].numpy(),
+                               averages[0])
+    raw = [v.numpy() + 1.0 for v in model.trainable_variables]
+    for v, value in zip(model.trainable_variables, raw):
+        v.assign(value)
+    with training.ema_weights(model):
+        np.testing.assert_allclose(model.trainable_variables[0].numpy(),
+                                   averages[0])
+    np.testing.assert_allclose(model.trainable_variables[0].numpy(), raw[0])
+
+
+class Crash(keras.callbacks.Callback):
+    """Simulates a killed job at the start of an epoch."""
+
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt("killed")
+
+
+def test_interrupted_run_resumes_to_the_same_weights(shapes32, tmp_path):
+    kwargs = dict(epochs=3, batch_size=8, optimizer="sgd",
+                  learning_rate=0.02, ema=True, ema_momentum=0.8,
+                  shuffle=False, strategy="default", jit_compile=False)
+    straight = training.train(lambda: build_tiny_model(IMAGE, 3, seed=3),
+                              TinyLoss(3), shapes32,
+                              run_dir=str(tmp_path / "straight"), **kwargs)
+    run_dir = str(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        training.train(lambda: build_tiny_model(IMAGE, 3, seed=3),
+                       TinyLoss(3), shapes32, run_dir=run_dir,
+                       extra_callbacks=[Crash(at_epoch=2)], **kwargs)
+    assert os.path.exists(os.path.join(run_dir, "backup"))
+    assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
+    # A fresh process would build a new model with other initial weights:
+    resumed = training.train(lambda: build_tiny_model(IMAGE, 3, seed=99),
+                             TinyLoss(3), shapes32, run_dir=run_dir,
+                             **kwargs)
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert int(resumed.model.optimizer.iterations.numpy()) == 12
+    # The run directory is complete and a finished run is not overwritten.
+    for name in ("config.json", "history.jsonl", "metrics.json",
+                 "model.keras"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    assert not os.path.exists(os.path.join(run_dir, "backup"))
+    with pytest.raises(ValueError, match="finished"):
+        training.train(lambda: build_tiny_model(IMAGE, 3), TinyLoss(3),
+                       shapes32, run_dir=run_dir, **kwargs)

@@ -1,0 +1,163 @@
+"""Run directories, progress lines and result files.
+
+A run directory holds everything a job produced:
+
+    config.json      arguments of the run
+    history.jsonl    one JSON line per epoch (loss, lr, val_map, seconds)
+    metrics.json     final metrics and timings ("finished": true when done)
+    backup/          resumable state (weights, optimizer, epoch) while running
+    model.keras      the trained model (EMA weights when EMA is on)
+    best.weights.h5  weights of the best validation mAP@0.5
+"""
+
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+_logger = logging.getLogger("training")
+
+
+def setup_logging(level=logging.INFO):
+    """One plain `time level message` line per event on stderr."""
+    for name in ("training", "serving", "keras_yolo"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def make_run_dir(out=None, root="runs", prefix="train"):
+    """`out` if given, else `root/<prefix>-YYYYmmdd-HHMMSS`; created."""
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = os.path.join(root, f"{prefix}-{stamp}")
+    os.makedirs(out, exist_ok=True)
+    return os.path.abspath(out)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "numpy"):
+        return _plain(value.numpy())
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def write_json(path, data):
+    """Writes `data` as indented JSON atomically (temp file + rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(_plain(data), f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path, default=None):
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_history(run_dir):
+    """Epoch records of `history.jsonl`, the last record of each epoch."""
+    path = os.path.join(run_dir, "history.jsonl")
+    records = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    record = json.loads(line)
+                    records[record["epoch"]] = record
+    return [records[k] for k in sorted(records)]
+
+
+class RunLogger(keras.callbacks.Callback):
+    """Logs one progress line per epoch (and every `log_every` steps) and
+    appends the epoch's logs to `run_dir/history.jsonl`."""
+
+    def __init__(self, run_dir, epochs, log_every=0):
+        super().__init__()
+        self.run_dir = run_dir
+        self.epochs = epochs
+        self.log_every = int(log_every or 0)
+        self._start = self._epoch_start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_batch_end = time.perf_counter()
+        if self.log_every and (batch + 1) % self.log_every == 0:
+            _logger.info("epoch %d step %d loss %.4f", self._epoch + 1,
+                         batch + 1, float((logs or {}).get("loss", np.nan)))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        seconds = time.perf_counter() - self._epoch_start
+        step_seconds = getattr(self, "_last_batch_end", 0) - self._epoch_start
+        elapsed = time.perf_counter() - self._start
+        optimizer = self.model.optimizer
+        lr = optimizer.learning_rate
+        record = {"epoch": epoch + 1, "seconds": round(seconds, 3),
+                  "train_seconds": round(max(step_seconds, 0.0), 3),
+                  "lr": float(np.asarray(lr)),
+                  **{k: float(v) for k, v in logs.items()
+                     if np.ndim(v) == 0}}
+        with open(os.path.join(self.run_dir, "history.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        done = epoch + 1 - getattr(self, "_first_epoch", 0)
+        left = self.epochs - (epoch + 1)
+        eta = elapsed / max(done, 1) * left
+        extra = "".join(f" {k} {logs[k]:.4f}" for k in ("val_map50", "val_map")
+                        if k in logs)
+        _logger.info("epoch %d/%d loss %.4f lr %.2e%s  %.1f s/epoch, eta "
+                     "%.0f s", epoch + 1, self.epochs,
+                     float(logs.get("loss", np.nan)), record["lr"], extra,
+                     seconds, eta)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training after the epoch that would make the next one exceed
+    `seconds` of wall time (measured from the start of `fit`)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = float(seconds)
+        self.stopped_epoch = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        if now - self._start + (now - self._epoch_start) > self.seconds:
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
+            _logger.info("time budget of %.0f s reached after epoch %d",
+                         self.seconds, epoch + 1)

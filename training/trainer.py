@@ -1,0 +1,347 @@
+"""`train(...)`: fit a YOLO model under a strategy, with schedule, EMA,
+resumable checkpoints, COCO evaluation and a run directory.
+
+The learning rate does not depend on the number of replicas: the dataset's
+batch is the global batch, the YOLO losses reduce per image (or per target)
+and `YoloModel` divides the loss by the replica count before the gradients
+are summed across replicas, i.e. the step equals one device's step on the
+whole global batch (tested: same loss trajectory on 1 and 2 replicas).
+BatchNormalization layers still see per-replica batches (as in ultralytics'
+DDP without SyncBN).
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_yolo import metrics as coco_metrics
+from training import run as run_lib
+from training import strategy as strategy_lib
+from training.schedules import WarmupDecay
+
+_logger = logging.getLogger("training")
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+# ultralytics' SGD momentum and weight decay (hyp.scratch-low.yaml).
+SGD_MOMENTUM = 0.937
+WEIGHT_DECAY = 5e-4
+# Variables without weight decay (ultralytics: biases and BatchNorm).
+NO_DECAY = ["bias", "gamma", "beta", "moving_mean", "moving_variance"]
+# EMA horizon of "auto": about this fraction of the run's steps.
+EMA_HORIZON_FRACTION = 0.05
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    run_dir: str
+    metrics: dict
+    history: list
+
+
+def make_optimizer(name="sgd", learning_rate=0.01, momentum=SGD_MOMENTUM,
+                   weight_decay=WEIGHT_DECAY, ema=True, ema_momentum=0.999,
+                   clipnorm=None):
+    """SGD (Nesterov, ultralytics' default) or AdamW, with optional EMA of
+    the weights (`use_ema`), weight decay off biases and BatchNorm."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}; "
+                         f"got {name!r}.")
+    common = dict(learning_rate=learning_rate, use_ema=bool(ema),
+                  ema_momentum=float(ema_momentum), clipnorm=clipnorm)
+    if name == "sgd":
+        opt = keras.optimizers.SGD(momentum=momentum, nesterov=True,
+                                   weight_decay=weight_decay or None,
+                                   **common)
+    elif name == "adamw":
+        opt = keras.optimizers.AdamW(weight_decay=weight_decay, **common)
+    else:
+        opt = keras.optimizers.Adam(**common)
+    if weight_decay:
+        opt.exclude_from_weight_decay(var_names=NO_DECAY)
+    return opt
+
+
+def resolve_ema_momentum(ema_momentum, total_steps):
+    """`"auto"`: 1 - 1/(EMA_HORIZON_FRACTION * T), clipped to [0.9, 0.9999]:
+    the average spans about the last 5% of the run, whatever its length."""
+    if ema_momentum != "auto":
+        value = float(ema_momentum)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"`ema_momentum` must be in [0, 1) or 'auto'; got "
+                f"{ema_momentum!r}.")
+        return value
+    horizon = max(EMA_HORIZON_FRACTION * total_steps, 1.0)
+    return float(np.clip(1.0 - 1.0 / horizon, 0.9, 0.9999))
+
+
+@contextlib.contextmanager
+def ema_weights(model):
+    """Within the block the model holds the optimizer's EMA weights; the raw
+    weights come back after (a no-op without `use_ema`)."""
+    optimizer = model.optimizer
+    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    if not getattr(optimizer, "use_ema", False) or not averages:
+        yield
+        return
+    variables = model.trainable_variables
+    saved = [v.numpy() for v in variables]
+    for v, a in zip(variables, averages):
+        if a is not None:
+            v.assign(a)
+    try:
+        yield
+    finally:
+        for v, value in zip(variables, saved):
+            v.assign(value)
+
+
+class EmaCocoMetricCallback(coco_metrics.CocoMetricCallback):
+    """`CocoMetricCallback` evaluating the EMA weights (as ultralytics
+    evaluates its EMA model) through a compiled detector."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        model, postprocess = self.model, self.postprocess
+
+        @tf.function(reduce_retracing=True)
+        def detect(images):
+            outputs = model(images, training=False)
+            return postprocess(outputs) if postprocess else outputs
+
+        self._detect = detect
+
+    def detector(self, images):
+        return self._detect(images)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with ema_weights(self.model):
+            super().on_epoch_end(epoch, logs)
+
+
+def batch_dataset(dataset, batch_size, shuffle=True, seed=0, repeat=False):
+    """Unbatched `(image, gt)` -> static-shape batches of the global batch
+    size (drop_remainder, so XLA and every replica see fixed shapes)."""
+    if len(dataset.element_spec[0].shape) == 4:
+        return dataset  # already batched
+    cardinality = int(dataset.cardinality())
+    if shuffle:
+        buffer = cardinality if cardinality > 0 else 1024
+        dataset = dataset.shuffle(buffer, seed=seed,
+                                  reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if repeat:
+        dataset = dataset.repeat()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    options.deterministic = not shuffle or seed is not None
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _instantiate(thing, kind):
+    if isinstance(thing, (keras.Model, keras.losses.Loss)):
+        return thing
+    if callable(thing):
+        return thing()
+    raise ValueError(f"`{kind}` must be a {kind} or a function building "
+                     f"one; got {type(thing).__name__}.")
+
+
+def train(model, loss, train_data, *, val_data=None, epochs=10,
+          batch_size=16, optimizer="sgd", learning_rate=0.01,
+          momentum=SGD_MOMENTUM, weight_decay=WEIGHT_DECAY,
+          schedule="cosine", warmup_epochs=1.0, final_fraction=0.01,
+          ema=True, ema_momentum="auto", strategy="auto", jit_compile="auto",
+          run_dir=None, postprocess=None,
+          bounding_box_format="rel_center_xywh", num_classes=None,
+          eval_every=1, eval_batch_size=None, steps_per_epoch=None,
+          shuffle=True, seed=0, time_budget=None, backup_every="epoch",
+          log_every=0, config=None, overwrite=False, verbose=0,
+          extra_callbacks=()):
+    """Trains a detector and writes a run directory (see `training.run`).
+
+    Args:
+        model: a function building the model (called inside the strategy's
+            scope; required with more than one replica) or a built
+            `keras.Model` (one device).
+        loss: a YOLO loss (or a function building one).
+        train_data: unbatched `(image, {"boxes", "labels"})` dataset (or an
+            already batched one: its batch is the global batch).
+        val_data: the same for validation mAP (needs `postprocess`).
+        epochs: epochs to train (a resumed run continues to this count).
+        batch_size: global batch size (split over the replicas).
+        optimizer: `"sgd"` (Nesterov, momentum 0.937), `"adamw"`, `"adam"`.
+        learning_rate: peak learning rate of the schedule.
+        schedule: `"cosine"`, `"linear"` or `"constant"` after warmup.
+        warmup_epochs: linear warmup length in epochs (fractions allowed).
+        final_fraction: last learning rate / peak (ultralytics' `lrf`).
+        ema: keep an exponential moving average of the weights (Keras'
+            `use_ema`); evaluation and the saved model use it.
+        ema_momentum: the EMA momentum or `"auto"` (see
+            `resolve_ema_momentum`).
+        strategy: a name of `training.strategy.STRATEGIES` or a
+            `tf.distribute.Strategy`.
+        jit_compile: `"auto"` (XLA where it works), True or False.
+        run_dir: the run directory; default `runs/train-<time>`. An existing
+            unfinished run there is resumed from its last backup.
+        postprocess: raw model outputs -> detections dict (decode + NMS),
+            for the mAP evaluation.
+        bounding_box_format: format of the ground truth and detections.
+        eval_every: evaluate the validation mAP every this many epochs (and
+            after the last).
+        steps_per_epoch: needed when the dataset's length is unknown.
+        time_budget: stop after the epoch that would overrun this many
+            seconds (the schedule still spans `epochs`).
+        backup_every: `"epoch"` or a number of steps between resumable
+            backups.
+        config: a dict recorded in `config.json` (e.g. the CLI arguments).
+        overwrite: start over in a `run_dir` whose run already finished.
+        verbose: Keras' `fit` verbosity (progress lines are logged anyway).
+        extra_callbacks: more Keras callbacks, run after the built-in ones.
+
+    Returns:
+        `TrainResult(model, run_dir, metrics, history)`; `metrics` is also
+        written to `run_dir/metrics.json`.
+
+    Example:
+        >>> result = train(lambda: models.build("yolov5n", num_classes=3),
+        ...                YoloV5Loss(num_classes=3), data.shapes(512),
+        ...                val_data=data.shapes(64, seed=1), epochs=30,
+        ...                postprocess=detect_fn, run_dir="runs/shapes")
+        >>> result.metrics["map50"]
+    """
+    if epochs < 1:
+        raise ValueError(f"`epochs` must be >= 1; got {epochs}.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1; got {batch_size}.")
+    if val_data is not None and postprocess is None:
+        raise ValueError("`val_data` needs `postprocess` (raw outputs -> "
+                         "detections) to compute mAP.")
+    run_dir = run_lib.make_run_dir(run_dir, prefix="train")
+    previous = run_lib.read_json(os.path.join(run_dir, "metrics.json"), {})
+    if previous.get("finished") and not overwrite:
+        raise ValueError(
+            f"run_dir={run_dir!r} holds a finished run; pass overwrite=True "
+            "(--overwrite) or choose another directory.")
+    backup_dir = os.path.join(run_dir, "backup")
+    resuming = os.path.exists(backup_dir)
+    if not resuming and os.path.exists(os.path.join(run_dir, "history.jsonl")):
+        os.remove(os.path.join(run_dir, "history.jsonl"))
+    if isinstance(strategy, str):
+        strategy = strategy_lib.make_strategy(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"`batch_size`={batch_size} must be a multiple of "
+                         f"the {replicas} replicas.")
+    jit = strategy_lib.resolve_jit_compile(jit_compile, strategy)
+
+    train_batches = batch_dataset(train_data, batch_size, shuffle, seed)
+    if steps_per_epoch is None:
+        steps_per_epoch = int(train_batches.cardinality())
+        if steps_per_epoch <= 0:
+            raise ValueError(
+                "the training dataset's length is unknown or smaller than "
+                f"batch_size={batch_size}; pass `steps_per_epoch`.")
+        fit_steps = None
+    else:
+        train_batches = train_batches.repeat()
+        fit_steps = steps_per_epoch
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)),
+                       total_steps - 1)
+    lr = WarmupDecay(learning_rate, total_steps, warmup_steps, schedule,
+                     final_fraction)
+    ema_value = resolve_ema_momentum(ema_momentum, total_steps)
+
+    with strategy.scope():
+        if isinstance(model, keras.Model) and replicas > 1:
+            raise ValueError(
+                f"with {replicas} replicas pass a function that builds the "
+                "model, so its variables are created under the strategy.")
+        model = _instantiate(model, "model")
+        loss = _instantiate(loss, "loss")
+        model.compile(
+            optimizer=make_optimizer(optimizer, lr, momentum, weight_decay,
+                                     ema, ema_value),
+            loss=loss, jit_compile=jit)
+
+    settings = {
+        "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
+        "learning_rate": learning_rate, "schedule": schedule,
+        "warmup_steps": warmup_steps, "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch, "ema": bool(ema),
+        "ema_momentum": ema_value, "weight_decay": weight_decay,
+        "strategy": strategy_lib.describe(strategy), "replicas": replicas,
+        "jit_compile": jit, "bounding_box_format": bounding_box_format,
+        "parameters": int(model.count_params()), "seed": seed,
+    }
+    run_lib.write_json(os.path.join(run_dir, "config.json"),
+                       {**(config or {}), "train": settings})
+    _logger.info("run %s: %s, jit_compile=%s, %d steps/epoch x %d epochs, "
+                 "%s params%s", run_dir, settings["strategy"], jit,
+                 steps_per_epoch, epochs, f"{settings['parameters']:,}",
+                 " (resuming)" if resuming else "")
+
+    val_batches = None
+    callbacks = []
+    if val_data is not None:
+        val_batches = batch_dataset(val_data, eval_batch_size or batch_size,
+                                    shuffle=False)
+        callbacks.append(EmaCocoMetricCallback(
+            val_batches, bounding_box_format, postprocess=postprocess,
+            every_n_epochs=eval_every, num_classes=num_classes))
+    callbacks.append(keras.callbacks.BackupAndRestore(
+        backup_dir, save_freq=backup_every, delete_checkpoint=True))
+    if val_data is not None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            os.path.join(run_dir, "best.weights.h5"), monitor="val_map50",
+            mode="max", save_best_only=True, save_weights_only=True))
+    callbacks.append(run_lib.RunLogger(run_dir, epochs, log_every))
+    if time_budget:
+        callbacks.append(run_lib.TimeBudget(time_budget))
+    callbacks.extend(extra_callbacks)
+
+    start = time.perf_counter()
+    model.fit(train_batches, epochs=epochs, steps_per_epoch=fit_steps,
+              callbacks=callbacks, verbose=verbose, shuffle=False)
+    train_seconds = time.perf_counter() - start
+    history = run_lib.read_history(run_dir)
+    epochs_done = history[-1]["epoch"] if history else 0
+    step_seconds = sum(h.get("train_seconds", 0.0) for h in history)
+
+    result = {"finished": True, "epochs_completed": epochs_done,
+              "train_seconds": round(train_seconds, 2),
+              "images_per_second": round(
+                  len(history) * steps_per_epoch * batch_size
+                  / max(step_seconds, 1e-9), 2),
+              "final_loss": history[-1].get("loss") if history else None,
+              **settings}
+    if val_batches is not None:
+        detect = tf.function(lambda x: postprocess(model(x, training=False)))
+        start = time.perf_counter()
+        final = coco_metrics.evaluate(detect, val_batches,
+                                      bounding_box_format, num_classes,
+                                      return_per_class=True)
+        result["eval_seconds"] = round(time.perf_counter() - start, 2)
+        result.update(final)
+    try:
+        model.save(os.path.join(run_dir, "model.keras"))
+        result["model_path"] = os.path.join(run_dir, "model.keras")
+    except Exception as error:  # noqa: BLE001 - keep the run's weights
+        _logger.warning("saving model.keras failed (%s); saving weights", error)
+        model.save_weights(os.path.join(run_dir, "final.weights.h5"))
+        result["model_path"] = os.path.join(run_dir, "final.weights.h5")
+    run_lib.write_json(os.path.join(run_dir, "metrics.json"), result)
+    if "map50" in result:
+        _logger.info("finished: mAP@0.5 %.4f, mAP@0.5:0.95 %.4f, %.0f s",
+                     result["map50"], result["map"], train_seconds)
+    return TrainResult(model, run_dir, result, history)
