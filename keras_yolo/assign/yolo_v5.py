@@ -14,7 +14,7 @@ neighbours nearest to the centre, by the 0.5 offset rule (offsets `o`):
     o = (0, +0.5)   if g_y mod 1 < 0.5 and g_y > 1       (upper neighbour)
     o = (-0.5, 0)   if (W - g_x) mod 1 < 0.5 and W - g_x > 1   (right)
     o = (0, -0.5)   if (H - g_y) mod 1 < 0.5 and H - g_y > 1   (lower)
-    cell = trunc(g - o)  (clamped to the grid),  t_box = (g - trunc(g - o), g_wh)
+    cell = clamp(trunc(g - o)) to the grid,  t_box = (g - cell, g_wh)
 
 Instead of ultralytics' variable-length lists, every (image, truth, anchor,
 offset) combination is a slot of a fixed `(B, M, A, 5)` tensor with a
@@ -46,7 +46,7 @@ def build_targets(boxes, labels, grid_shape, anchors, anchor_t=4.0):
         `indices` `(B, M, A, 5, 3)` int32 `(row, column, anchor)` of the
             predicted cell (clamped to the grid);
         `box` `(B, M, A, 5, 4)` float32 target `(x, y, w, h)` in cells,
-            `x, y` relative to the (unclamped) cell corner;
+            `x, y` relative to the (clamped) cell corner;
         `anchor_wh` `(1, 1, A, 1, 2)` the anchors, broadcastable;
         `order` `(B, M, A, 5)` int32 the slot's position in ultralytics'
             write order (offset, anchor, truth): when several slots land on
@@ -83,9 +83,11 @@ def build_targets(boxes, labels, grid_shape, anchors, anchor_t=4.0):
     offsets = tf.constant(OFFSETS, tf.float32) * NEIGHBOUR_BIAS  # (5, 2)
     # `.long()` truncates toward zero, as tf.cast does.
     gij = tf.cast(gxy[:, :, None, :] - offsets[None, None], tf.int32)
-    box_xy = gxy[:, :, None, :] - tf.cast(gij, tf.float32)  # (B, M, 5, 2)
     gi = tf.clip_by_value(gij[..., 0], 0, width - 1)
     gj = tf.clip_by_value(gij[..., 1], 0, height - 1)
+    # ultralytics clamps gij in place (`gi.clamp_`) before `gxy - gij`, so
+    # the target offset is taken from the clamped cell.
+    box_xy = gxy[:, :, None, :] - tf.cast(tf.stack([gi, gj], -1), tf.float32)
 
     a_index = tf.range(num_anchors, dtype=tf.int32)[None, None, :, None]
     indices = tf.stack([
