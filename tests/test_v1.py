@@ -169,6 +169,21 @@ def test_two_truths_in_one_cell_keep_the_first():
     assert both["cls"] != pytest.approx(other["cls"])
 
 
+def test_padded_rows_are_ignored_whatever_they_hold():
+    rng = np.random.default_rng(15)
+    boxes, labels, raw = random_case(rng, batch=2, s=3, nb=2, c=3, m=6)
+    labels[:, 4:] = -1
+    loss = YoloV1Loss(3, 3, 2)
+    clean = boxes.copy()
+    clean[:, 4:] = 0.0
+    garbage = boxes.copy()
+    garbage[:, 4] = np.nan
+    garbage[:, 5] = [-3.0, 7.0, -1.0, 1e9]
+    want = float(loss(gt(clean, labels), raw))
+    assert float(loss(gt(garbage, labels), raw)) == want
+    assert np.isfinite(want)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_matches_numpy(seed):
     rng = np.random.default_rng(seed)
@@ -507,3 +522,40 @@ def test_bad_arguments_are_named():
             gt(np.zeros((1, 1, 4)), [[0]]), tf.zeros([1, 7, 7, 12]))
     with pytest.raises(ValueError, match="sqrt"):
         YoloV1Decode(3, parametrization="logistic", sqrt=False)
+
+
+# --- the small model ---------------------------------------------------------------
+
+def test_small_v1_output_and_one_fit_step():
+    from keras_yolo.models import YoloModel
+    from keras_yolo.models.small_v1 import small_v1
+    model = small_v1(num_classes=3, grid_size=5, boxes_per_cell=2, input_size=64,
+                     filters=(8, 8, 16), hidden_units=32, dropout=0.0)
+    assert isinstance(model, YoloModel)
+    assert model.output_shape == (None, 5, 5, 13)
+    # The output bias starts every confidence at PRIOR_CONFIDENCE.
+    decoded = YoloV1Decode(3, 5, 2)(model(tf.zeros([1, 64, 64, 3]), training=False))
+    np.testing.assert_allclose(decoded["objectness"], 0.1, atol=0.05)
+    rng = np.random.default_rng(14)
+    boxes, labels, _ = random_case(rng, batch=4, s=5, nb=2, c=3, m=3)
+    images = rng.uniform(size=(4, 64, 64, 3)).astype(np.float32)
+    loss = YoloV1Loss(3, 5, 2)
+    model.compile(keras.optimizers.SGD(0.0), loss=loss, jit_compile=False)
+    logs = model.train_on_batch(images, gt(boxes, labels), return_dict=True)
+    # YoloModel hands the ground-truth dict to the loss: fit's loss is the
+    # loss of the training-mode output (no dropout, batch-norm batch stats).
+    want = float(loss(gt(boxes, labels), model(images, training=True)))
+    assert logs["loss"] == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_small_v1_learns_shapes():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "train_v1_shapes.py")
+    spec = importlib.util.spec_from_file_location("train_v1_shapes", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--epochs", "12", "--train-images", "512",
+                         "--val-images", "128"])
+    assert result["map50"] > 0.2

@@ -56,6 +56,8 @@ def cell_targets(boxes, labels, grid_size, num_classes):
     labels = tf.cast(labels, tf.int32)
     s = grid_size
     valid = labels >= 0                                           # (B, M)
+    # Padded rows may hold anything (even NaN): zero them before any product.
+    boxes = tf.where(valid[..., None], boxes, 0.0)
     grid_xy = boxes[..., :2] * s
     cell_xy = tf.clip_by_value(tf.floor(grid_xy), 0.0, s - 1.0)   # col, row
     offsets = grid_xy - cell_xy

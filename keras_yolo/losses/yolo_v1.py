@@ -172,7 +172,9 @@ class YoloV1Loss(keras.losses.Loss):
         iou = tf.stop_gradient(iou)
 
         use_sqrt = sqrt is not False
-        t_size = tf.sqrt(t_box[..., 2:]) if use_sqrt else t_box[..., 2:]
+        # A negative truth size is invalid input; clamp so it cannot be NaN.
+        t_size = (tf.sqrt(tf.maximum(t_box[..., 2:], 0.0)) if use_sqrt
+                  else t_box[..., 2:])
         coord_err = (
             tf.reduce_sum(tf.square(pred["xy"] - t_box[..., None, :2]), -1)
             + tf.reduce_sum(tf.square(pred["sqrt_wh"] - t_size[..., None, :]),
