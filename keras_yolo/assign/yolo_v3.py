@@ -61,9 +61,9 @@ def _first_argmax(values):
 
 def _mask_lookup(anchor_index, mask):
     """Position of `anchor_index` in `mask` (the level's anchors), or -1."""
-    mask = tf.constant(mask, tf.int32)
-    hit = tf.equal(anchor_index[..., None], mask)
-    position = tf.reduce_sum(tf.cast(hit, tf.int32) * tf.range(len(mask)), -1)
+    size = len(mask)
+    hit = tf.equal(anchor_index[..., None], tf.constant(mask, tf.int32))
+    position = tf.reduce_sum(tf.cast(hit, tf.int32) * tf.range(size), -1)
     return tf.where(tf.reduce_any(hit, -1), position, -1)
 
 

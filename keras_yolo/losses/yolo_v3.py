@@ -92,7 +92,9 @@ class YoloV3Loss(keras.losses.Loss):
         lambda_coord, lambda_obj, lambda_class: weights of the three terms
             (darknet has none: keep 1 for parity).
         ignore_thresh: darknet's `ignore_thresh`.
-        truth_thresh: darknet's `truth_thresh` (1 disables it).
+        truth_thresh: darknet's `truth_thresh`; 1 (default) disables it
+            (darknet's float32 IoU of a prediction identical to a truth can
+            round above 1 and fire it; that artifact is not reproduced).
         coord_iou_gate: `"anchor"`, `"prediction"` or `None` (see above);
             ignored (None) when `darknet_compat`.
         coord_iou_thresh: threshold of that indicator (the seed's 0.5).
@@ -237,7 +239,10 @@ class YoloV3Loss(keras.losses.Loss):
         best_iou = tf.reshape(best_iou, [batch, *grid_shape])
         best_t = tf.reshape(best_t, [batch, -1])
         assigned = targets["responsible"] > 0
-        matched = best_iou > self.truth_thresh
+        if self.truth_thresh < 1.0:
+            matched = best_iou > self.truth_thresh
+        else:  # off (darknet's float IoU may round above 1: not reproduced)
+            matched = tf.zeros_like(best_iou, tf.bool)
         positive = assigned | matched
         matched_box = tf.reshape(tf.gather(boxes, best_t, batch_dims=1),
                                  [batch, *grid_shape, 4])

@@ -1,0 +1,522 @@
+"""YOLOv3: the seed's objective in float64 numpy, hand cases, darknet parity."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import require_file, require_peer
+from keras_yolo import boxes as box_ops
+from keras_yolo.anchors import YOLOV3_ANCHORS
+from keras_yolo.assign import yolo_v3 as assign
+from keras_yolo.layers import YoloV3Decode
+from keras_yolo.losses import YoloV3Loss
+
+STRIDES = (8, 16, 32)
+GRIDS = (8, 4, 2)  # a 64 x 64 input
+IMAGE = 64
+# The COCO anchors scaled from 416 to about 64 pixels.
+SMALL_ANCHORS = (np.array(YOLOV3_ANCHORS, np.float64) / 6.5).tolist()
+
+
+def sigmoid(t):
+    return 1.0 / (1.0 + np.exp(-t))
+
+
+def bce(z, t):
+    """Binary cross-entropy of target z and logistic(t), float64."""
+    return np.logaddexp(0.0, t) - z * t
+
+
+def iou_np(a, b):
+    """IoU of two centre-size boxes, float64."""
+    iw = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
+    ih = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def shape_iou_np(wh1, wh2):
+    return iou_np((0, 0, *wh1), (0, 0, *wh2))
+
+
+def seed_loss_np(raw_levels, boxes, labels, anchors, num_classes,
+                 lambda_coord=1.0, lambda_obj=1.0, lambda_class=1.0,
+                 ignore_thresh=0.5, gate="anchor", gate_thresh=0.5):
+    """The seed's YOLOv3 loss and its gradient, loop by loop, in float64.
+
+    Returns (components averaged over the batch, gradients per level,
+    counts: responsible slots with the coordinate gate open / closed, and
+    ignored slots).
+    """
+    raw_levels = [np.asarray(r, np.float64) for r in raw_levels]
+    anchors = np.asarray(anchors, np.float64)
+    flat = anchors.reshape(-1, 2)
+    per_level = anchors.shape[1]
+    batch = raw_levels[0].shape[0]
+    img_h = raw_levels[0].shape[1] * STRIDES[0]
+    img_w = raw_levels[0].shape[2] * STRIDES[0]
+    total = dict(box=0.0, obj=0.0, cls=0.0)
+    grads = [np.zeros_like(r) for r in raw_levels]
+    gate_counts = [0, 0, 0]
+    for b in range(batch):
+        # Responsible slots: the best of all nine anchors, last truth wins,
+        # classes accumulate.
+        owner, classes = {}, {}
+        truths = [(boxes[b, m].astype(np.float64), int(labels[b, m]))
+                  for m in range(boxes.shape[1]) if labels[b, m] >= 0]
+        for box, label in truths:
+            wh = (box[2] * img_w, box[3] * img_h)
+            ious = [shape_iou_np(wh, a) for a in flat]
+            k = int(np.argmax(ious))
+            level, a = divmod(k, per_level)
+            h, w = raw_levels[level].shape[1:3]
+            col, row = min(int(box[0] * w), w - 1), min(int(box[1] * h), h - 1)
+            owner[(level, row, col, a)] = box
+            classes.setdefault((level, row, col, a), set()).add(label)
+        for level, raw in enumerate(raw_levels):
+            _, h, w, na, _ = raw.shape
+            for row in range(h):
+                for col in range(w):
+                    for a in range(na):
+                        r = raw[b, row, col, a]
+                        g = grads[level][b, row, col, a]
+                        aw, ah = anchors[level, a]
+                        pred = ((sigmoid(r[0]) + col) / w,
+                                (sigmoid(r[1]) + row) / h,
+                                aw * np.exp(r[2]) / img_w,
+                                ah * np.exp(r[3]) / img_h)
+                        key = (level, row, col, a)
+                        if key not in owner:
+                            best = max([iou_np(pred, t) for t, _ in truths],
+                                       default=0.0)
+                            if best <= ignore_thresh:
+                                total["obj"] += lambda_obj * bce(0.0, r[4])
+                                g[4] += lambda_obj * sigmoid(r[4])
+                            else:
+                                gate_counts[2] += 1
+                            continue
+                        box = owner[key]
+                        total["obj"] += lambda_obj * bce(1.0, r[4])
+                        g[4] += lambda_obj * (sigmoid(r[4]) - 1.0)
+                        for c in range(num_classes):
+                            p = 1.0 if c in classes[key] else 0.0
+                            total["cls"] += lambda_class * bce(p, r[5 + c])
+                            g[5 + c] += lambda_class * (sigmoid(r[5 + c]) - p)
+                        # t = inverse of x = logistic(t_x) + c_x, w = p_w e^t_w.
+                        ox = np.clip(box[0] * w - col, 1e-3, 1 - 1e-3)
+                        oy = np.clip(box[1] * h - row, 1e-3, 1 - 1e-3)
+                        t = np.array([np.log(ox / (1 - ox)), np.log(oy / (1 - oy)),
+                                      np.log(box[2] * img_w / aw),
+                                      np.log(box[3] * img_h / ah)])
+                        if gate == "anchor":
+                            on = shape_iou_np((box[2] * img_w, box[3] * img_h),
+                                              (aw, ah)) > gate_thresh
+                        elif gate == "prediction":
+                            on = iou_np(pred, box) > gate_thresh
+                        else:
+                            on = True
+                        gate_counts[0 if on else 1] += 1
+                        if on:
+                            scale = lambda_coord * (2 - box[2] * box[3])
+                            total["box"] += scale * np.sum((t - r[:4]) ** 2)
+                            g[:4] += -2 * scale * (t - r[:4])
+    return ({k: v / batch for k, v in total.items()},
+            [g / batch for g in grads], gate_counts)
+
+
+def random_case(seed, batch=2, num_truths=8, num_classes=3, spread=1.0,
+                grids=GRIDS, anchor_sized=False):
+    """Random raw outputs and truths (rel_center_xywh), last image half padded.
+
+    `anchor_sized`: truth sizes within 25% of a random anchor's, so that
+    near-zero outputs (anchor-shaped predictions) overlap some of them well.
+    """
+    rng = np.random.default_rng(seed)
+    raw = [(spread * rng.normal(size=(batch, g, g, 3, 5 + num_classes)))
+           .astype(np.float32) for g in grids]
+    centres = rng.uniform(0.02, 0.98, (batch, num_truths, 2))
+    sizes = rng.uniform(0.03, 0.9, (batch, num_truths, 2))
+    if anchor_sized:
+        flat = np.reshape(SMALL_ANCHORS, (-1, 2)) / IMAGE
+        sizes = (flat[rng.integers(0, len(flat), (batch, num_truths))]
+                 * rng.uniform(0.8, 1.25, (batch, num_truths, 2)))
+    boxes = np.concatenate([centres, sizes], -1).astype(np.float32)
+    labels = rng.integers(0, num_classes, (batch, num_truths)).astype(np.int32)
+    labels[-1, num_truths // 2:] = -1          # padding
+    boxes[-1, num_truths // 2:] = 7.0          # padded rows hold anything
+    return raw, boxes, labels
+
+
+def plant_predictions(raw, boxes, labels, anchors=SMALL_ANCHORS):
+    """Makes one non-responsible prediction per image decode to a truth.
+
+    For the first truth of each image, an anchor of the coarsest level that
+    is not its best anchor gets raw outputs that decode to that truth's box
+    shrunk by 10% (IoU about 0.8: an IoU of exactly 1 can round above 1 in
+    float32), so the ignore rule (and a truth_thresh < 0.8) fires there.
+    """
+    flat = np.reshape(anchors, (-1, 2))
+    level = len(raw) - 1
+    _, h, w, na, _ = raw[level].shape
+    for b in range(len(boxes)):
+        m = int(np.argmax(labels[b] >= 0))
+        box = boxes[b, m].astype(np.float64)
+        wh = (box[2] * IMAGE, box[3] * IMAGE)
+        best = int(np.argmax([shape_iou_np(wh, a) for a in flat]))
+        a = next(a for a in range(na) if level * na + a != best)
+        col, row = min(int(box[0] * w), w - 1), min(int(box[1] * h), h - 1)
+        ox = np.clip(box[0] * w - col, 0.01, 0.99)
+        oy = np.clip(box[1] * h - row, 0.01, 0.99)
+        raw[level][b, row, col, a, :4] = [
+            np.log(ox / (1 - ox)), np.log(oy / (1 - oy)),
+            np.log(0.9 * wh[0] / anchors[level][a][0]),
+            np.log(0.9 * wh[1] / anchors[level][a][1])]
+    return raw
+
+
+def loss_and_grads(loss, boxes, labels, raw):
+    variables = [tf.Variable(r) for r in raw]
+    with tf.GradientTape() as tape:
+        parts = loss.components({"boxes": boxes, "labels": labels}, variables)
+        total = tf.add_n(list(parts.values()))
+    grads = tape.gradient(total, variables)
+    return ({k: float(v) for k, v in parts.items()}, float(total),
+            [g.numpy() for g in grads])
+
+
+# --- default mode: the seed's formula -------------------------------------
+
+def test_one_truth_by_hand():
+    """One 16 x 16 px truth matching anchor (16, 16) exactly, all outputs 0.
+
+    Anchor (16, 16) is level 1's first: cell (row 2, col 1) of the 4 x 4 grid,
+    offsets 0.2 -> t_x = t_y = logit(0.2) = -ln 4, t_w = t_h = ln(16/16) = 0;
+    box = (2 - 1/16) 2 (ln 4)^2. With zero logits every BCE is ln 2: 252 slots
+    of objectness (none ignored: no anchor box overlaps the truth by > 0.5)
+    and 2 class scores.
+    """
+    anchors = [[(4, 4), (8, 8), (8, 4)], [(16, 16), (16, 32), (32, 16)],
+               [(32, 32), (64, 64), (48, 48)]]
+    loss = YoloV3Loss(num_classes=2, anchors=anchors)
+    raw = [np.zeros((1, g, g, 3, 7), np.float32) for g in GRIDS]
+    y_true = {"boxes": np.array([[[0.3, 0.55, 0.25, 0.25]]], np.float32),
+              "labels": np.array([[1]], np.int32)}
+    parts = loss.components(y_true, raw)
+    assert float(parts["box"]) == pytest.approx(1.9375 * 2 * math.log(4) ** 2, rel=1e-5)
+    assert float(parts["obj"]) == pytest.approx(252 * math.log(2), rel=1e-5)
+    assert float(parts["cls"]) == pytest.approx(2 * math.log(2), rel=1e-5)
+    assert float(loss(y_true, raw)) == pytest.approx(
+        1.9375 * 2 * math.log(4) ** 2 + 254 * math.log(2), rel=1e-5)
+    # darknet's form: (2 - wh) [BCE(0.2, logistic(0)) x 2 + 0]
+    dark = YoloV3Loss(num_classes=2, anchors=anchors, darknet_compat=True)
+    assert float(dark.components(y_true, raw)["box"]) == pytest.approx(
+        1.9375 * 2 * math.log(2), rel=1e-5)
+
+
+def test_anchor_gate_drops_coordinates_of_a_poorly_matched_prior():
+    """A 16 x 2 px truth: best anchor (8, 4) overlaps it by 16/48 = 1/3 < 0.5."""
+    anchors = [[(4, 4), (8, 8), (8, 4)], [(16, 16), (16, 32), (32, 16)],
+               [(32, 32), (64, 64), (48, 48)]]
+    raw = [np.zeros((1, g, g, 3, 6), np.float32) for g in GRIDS]
+    y_true = {"boxes": np.array([[[0.5, 0.5, 0.25, 2 / 64]]], np.float32),
+              "labels": np.array([[0]], np.int32)}
+    gated = YoloV3Loss(num_classes=1, anchors=anchors)
+    ungated = YoloV3Loss(num_classes=1, anchors=anchors, coord_iou_gate=None)
+    assert float(gated.components(y_true, raw)["box"]) == 0.0
+    # offsets 0 -> clipped to 1e-3; t_w = ln 2, t_h = ln 0.5
+    t = math.log(1e-3 / (1 - 1e-3))
+    expected = (2 - 0.25 * 2 / 64) * (2 * t * t + 2 * math.log(2) ** 2)
+    assert float(ungated.components(y_true, raw)["box"]) == pytest.approx(
+        expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("gate, seed", [("anchor", 0), ("prediction", 1),
+                                        (None, 2)])
+def test_seed_formula_matches_numpy_float64(gate, seed):
+    raw, boxes, labels = random_case(seed, spread=0.7, num_truths=12,
+                                     anchor_sized=gate == "prediction")
+    # Two truths on one slot (same centre, near-same size): last box wins,
+    # classes accumulate.
+    boxes[0, 1] = boxes[0, 0] * np.array([1, 1, 1.02, 1.02], np.float32)
+    labels[0, :2] = [0, 2]
+    if gate == "prediction":
+        # Predictions near their truths, so the gate opens for some.
+        raw = [r * 0.1 for r in raw]
+    raw = plant_predictions(raw, boxes, labels)
+    kwargs = dict(lambda_coord=2.0, lambda_obj=0.7, lambda_class=1.3,
+                  ignore_thresh=0.4)
+    loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS,
+                      coord_iou_gate=gate, **kwargs)
+    parts, total, grads = loss_and_grads(loss, boxes, labels, raw)
+    want, want_grads, counts = seed_loss_np(raw, boxes, labels, SMALL_ANCHORS,
+                                            3, gate=gate, **kwargs)
+    for key in ("box", "obj", "cls"):
+        assert parts[key] == pytest.approx(want[key], rel=2e-5, abs=1e-5), key
+    assert total == pytest.approx(sum(want.values()), rel=2e-5)
+    for level, (g, w) in enumerate(zip(grads, want_grads)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-5,
+                                   err_msg=f"level {level}")
+    assert counts[0] > 0  # some coordinate terms are counted
+    if gate is not None:
+        assert counts[1] > 0  # and the gate closes for some
+    assert counts[2] > 0  # some predictions are ignored
+
+
+def test_pixel_format_gives_the_same_loss():
+    raw, boxes, labels = random_case(3)
+    rel = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS)
+    pix = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS,
+                     bounding_box_format="xyxy")
+    xyxy = box_ops.convert(boxes, "rel_center_xywh", "xyxy",
+                           image_shape=(IMAGE, IMAGE)).numpy()
+    a = float(rel({"boxes": boxes, "labels": labels}, raw))
+    b = float(pix({"boxes": xyxy, "labels": labels}, raw))
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_reduction_sum_is_batch_times_the_default():
+    raw, boxes, labels = random_case(4, batch=3)
+    y_true = {"boxes": boxes, "labels": labels}
+    mean = float(YoloV3Loss(3, anchors=SMALL_ANCHORS)(y_true, raw))
+    total = float(YoloV3Loss(3, anchors=SMALL_ANCHORS, reduction="sum")(
+        y_true, raw))
+    assert total == pytest.approx(3 * mean, rel=1e-6)
+
+
+def test_float16_outputs_give_finite_loss_and_gradients():
+    raw, boxes, labels = random_case(5)
+    variables = [tf.Variable(r.astype(np.float16)) for r in raw]
+    loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS)
+    with tf.GradientTape() as tape:
+        value = loss({"boxes": boxes, "labels": labels}, variables)
+    grads = tape.gradient(value, variables)
+    assert np.isfinite(float(value))
+    assert all(np.isfinite(g.numpy().astype(np.float32)).all() for g in grads)
+
+
+def test_zero_size_truth_gives_finite_loss():
+    raw, boxes, labels = random_case(6)
+    boxes[0, 0, 2:] = 0.0
+    loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS, coord_iou_gate=None)
+    _, total, grads = loss_and_grads(loss, boxes, labels, raw)
+    assert np.isfinite(total) and all(np.isfinite(g).all() for g in grads)
+
+
+# --- darknet_compat: pjreddie darknet's [yolo] layer ----------------------
+
+def darknet_reference():
+    require_file("/usr/lib/darknet/libdarknet.so",
+                 "(Debian package `darknet`, .ci/install_parity)")
+    return require_peer("darknet_v3_reference", "(tests/darknet/yolo_harness.c)")
+
+
+def assert_matches_darknet(raw, boxes, labels, anchors, masks, strides,
+                           num_classes, **kwargs):
+    ref = darknet_reference()
+    loss = YoloV3Loss(num_classes, anchors=anchors, masks=masks,
+                      strides=strides, darknet_compat=True, reduction="sum",
+                      **kwargs)
+    _, _, grads = loss_and_grads(loss, boxes, labels, raw)
+    flat = np.asarray(anchors, np.float32).reshape(-1, 2)
+    masks = masks or [list(range(3 * l, 3 * l + 3)) for l in range(3)]
+    _, deltas = ref.yolo_deltas(raw, boxes, labels, flat, masks, strides,
+                                num_classes, **kwargs)
+    for level, (g, delta) in enumerate(zip(grads, deltas)):
+        # -dL/d(raw) = darknet's delta (reduction="sum").
+        np.testing.assert_allclose(-g, delta, rtol=0, atol=1e-4,
+                                   err_msg=f"level {level}")
+    return deltas
+
+
+@pytest.mark.parametrize("seed", [10, 11, 12])
+def test_darknet_compat_matches_libdarknet(seed):
+    """Several truths per image, each learned on one level only."""
+    raw, boxes, labels = random_case(seed, batch=3, num_truths=10,
+                                     num_classes=4, spread=0.4,
+                                     anchor_sized=True)
+    boxes[0, 1] = boxes[0, 0] * np.array([1, 1, 1.03, 1.03], np.float32)
+    raw = plant_predictions(raw, boxes, labels)
+    deltas = assert_matches_darknet(raw, boxes, labels, SMALL_ANCHORS, None,
+                                    STRIDES, 4)
+    # Each level has responsible slots (obj delta 1 - p > 0) ...
+    positives = [int((d[..., 4] > 0).sum()) for d in deltas]
+    assert all(p > 0 for p in positives), positives
+    # ... and each truth is learned on exactly one level: truths whose best
+    # anchor is on another level leave a level alone.
+    assert sum(positives) <= int((labels >= 0).sum())
+    # The ignore rule fired somewhere (obj delta exactly 0 off the truths).
+    assert any(int((d[..., 4] == 0).sum()) > 0 for d in deltas)
+
+
+def test_darknet_compat_truth_thresh_and_ignore_thresh():
+    """truth_thresh < 1 makes well-overlapping predictions responsible too."""
+    raw, boxes, labels = random_case(13, batch=2, num_truths=8, spread=0.4)
+    raw = plant_predictions(raw, boxes, labels)
+    deltas = assert_matches_darknet(raw, boxes, labels, SMALL_ANCHORS, None,
+                                    STRIDES, 3, ignore_thresh=0.3,
+                                    truth_thresh=0.45)
+    positives = sum(int((d[..., 4] > 0).sum()) for d in deltas)
+    assert positives > int((labels >= 0).sum())
+
+
+def test_darknet_compat_masks_over_a_shared_anchor_list():
+    """yolov3-tiny style: two levels, six anchors, overlapping masks."""
+    anchors = (np.array([[10, 14], [23, 27], [37, 58], [81, 82], [135, 169],
+                         [344, 319]], np.float32) / 6.5).tolist()
+    masks = [[1, 2, 3], [3, 4, 5]]
+    raw, boxes, labels = random_case(14, batch=2, num_truths=8,
+                                     grids=(4, 2), spread=0.6)
+    assert_matches_darknet(raw, boxes, labels, anchors, masks, (16, 32), 3)
+
+
+def test_darknet_compat_default_reduction_is_delta_over_batch():
+    ref = darknet_reference()
+    raw, boxes, labels = random_case(15, batch=2)
+    loss = YoloV3Loss(3, anchors=SMALL_ANCHORS, darknet_compat=True)
+    _, _, grads = loss_and_grads(loss, boxes, labels, raw)
+    flat = np.asarray(SMALL_ANCHORS, np.float32).reshape(-1, 2)
+    _, deltas = ref.yolo_deltas(raw, boxes, labels, flat,
+                                [[0, 1, 2], [3, 4, 5], [6, 7, 8]], STRIDES, 3)
+    for g, delta in zip(grads, deltas):
+        np.testing.assert_allclose(-2 * g, delta, atol=1e-4)
+
+
+# --- assignment ------------------------------------------------------------
+
+def test_best_anchor_is_over_all_levels_first_on_ties():
+    anchors = tf.constant([[10, 10], [20, 20], [20, 20], [40, 10]], tf.float32)
+    wh = tf.constant([[[10, 10], [19, 21], [20, 20], [40, 11], [1, 1]]],
+                     tf.float32)
+    np.testing.assert_array_equal(assign.best_anchor(wh, anchors).numpy(),
+                                  [[0, 1, 1, 3, 0]])
+
+
+def test_assign_level_last_truth_wins_classes_accumulate():
+    boxes = tf.constant([[[0.1, 0.1, 0.2, 0.2], [0.12, 0.13, 0.3, 0.3],
+                          [0.9, 0.9, 0.2, 0.2], [0.5, 0.5, 0.1, 0.1]]])
+    labels = tf.constant([[0, 2, 1, -1]])
+    best = tf.constant([[4, 4, 3, 4]])
+    out = assign.assign_level(boxes, labels, best, [3, 4, 5], (2, 2), 3)
+    resp = out["responsible"].numpy()
+    assert resp.sum() == 2 and resp[0, 0, 0, 1] == 1 and resp[0, 1, 1, 0] == 1
+    np.testing.assert_allclose(out["boxes"][0, 0, 0, 1], [0.12, 0.13, 0.3, 0.3])
+    np.testing.assert_array_equal(out["classes"][0, 0, 0, 1], [1, 0, 1])
+    np.testing.assert_array_equal(out["classes"][0, 1, 1, 0], [0, 1, 0])
+
+
+# --- decoding ---------------------------------------------------------------
+
+def test_decode_matches_numpy_and_orders_level_row_col_anchor():
+    raw, _, _ = random_case(20, batch=2, num_classes=2)
+    out = YoloV3Decode(anchors=SMALL_ANCHORS, bounding_box_format="xyxy")(raw)
+    assert out["boxes"].shape == (2, 252, 4)
+    assert out["class_probs"].shape == (2, 252, 2)
+    boxes, obj, probs = [], [], []
+    for level, r in enumerate(raw):
+        r = r.astype(np.float64)
+        _, h, w, na, _ = r.shape
+        for row in range(h):
+            for col in range(w):
+                for a in range(na):
+                    t = r[:, row, col, a]
+                    cx = (sigmoid(t[:, 0]) + col) * STRIDES[level]
+                    cy = (sigmoid(t[:, 1]) + row) * STRIDES[level]
+                    bw = SMALL_ANCHORS[level][a][0] * np.exp(t[:, 2])
+                    bh = SMALL_ANCHORS[level][a][1] * np.exp(t[:, 3])
+                    boxes.append(np.stack([cx - bw / 2, cy - bh / 2,
+                                           cx + bw / 2, cy + bh / 2], -1))
+                    obj.append(sigmoid(t[:, 4]))
+                    probs.append(sigmoid(t[:, 5:]))
+    np.testing.assert_allclose(out["boxes"], np.stack(boxes, 1), rtol=1e-5,
+                               atol=1e-4)
+    np.testing.assert_allclose(out["objectness"], np.stack(obj, 1), rtol=1e-5)
+    np.testing.assert_allclose(out["class_probs"], np.stack(probs, 1),
+                               rtol=1e-5)
+
+
+def test_decode_in_a_functional_model_with_unknown_size():
+    inputs = [keras.Input((None, None, 3, 7)) for _ in GRIDS]
+    outputs = YoloV3Decode(anchors=SMALL_ANCHORS)(inputs)
+    model = keras.Model(inputs, outputs)
+    raw, _, _ = random_case(21, num_classes=2)
+    out = model(raw)
+    assert out["boxes"].shape == (2, 252, 4)
+
+
+# --- serving, compiling, serialising, errors -------------------------------
+
+def test_jit_compile_matches_eager():
+    raw, boxes, labels = random_case(30)
+    # One compile (XLA is slow on 2 cores); the modes share all but the box
+    # term's elementwise ops, and truth_thresh < 1 adds the matched branch.
+    for compat in (False,):
+        loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS,
+                          darknet_compat=compat, coord_iou_gate="prediction",
+                          truth_thresh=0.7)
+
+        @tf.function(jit_compile=True)
+        def step(b, l, r0, r1, r2):
+            with tf.GradientTape() as tape:
+                tape.watch([r0, r1, r2])
+                value = loss({"boxes": b, "labels": l}, [r0, r1, r2])
+            return value, tape.gradient(value, [r0, r1, r2])
+
+        value, grads = step(boxes, labels, *[tf.constant(r) for r in raw])
+        _, want, want_grads = loss_and_grads(loss, boxes, labels, raw)
+        assert float(value) == pytest.approx(want, rel=1e-5)
+        for g, w in zip(grads, want_grads):
+            np.testing.assert_allclose(g.numpy(), w, rtol=1e-4, atol=1e-6)
+
+
+def test_get_config_round_trip():
+    loss = YoloV3Loss(num_classes=5, anchors=SMALL_ANCHORS, masks=None,
+                      lambda_coord=3.0, lambda_obj=0.5, lambda_class=2.0,
+                      ignore_thresh=0.6, truth_thresh=0.9,
+                      coord_iou_gate="prediction", coord_iou_thresh=0.4,
+                      bounding_box_format="xyxy", darknet_compat=True,
+                      reduction="sum")
+    clone = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(loss))
+    assert isinstance(clone, YoloV3Loss)
+    assert clone.get_config() == loss.get_config()
+    masked = YoloV3Loss(num_classes=2, anchors=np.reshape(SMALL_ANCHORS, (9, 2)),
+                        masks=[[0, 1], [2, 3, 4], [5, 6, 7, 8]])
+    assert YoloV3Loss.from_config(masked.get_config()).masks == masked.masks
+    decode = YoloV3Decode(anchors=SMALL_ANCHORS, bounding_box_format="xyxy",
+                          name="dec")
+    clone = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(decode))
+    assert clone.get_config() == decode.get_config()
+    raw, _, _ = random_case(31, num_classes=2)
+    np.testing.assert_allclose(clone(raw)["boxes"], decode(raw)["boxes"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_classes=0), "num_classes"),
+    (dict(num_classes=3, coord_iou_gate="box"), "coord_iou_gate"),
+    (dict(num_classes=3, ignore_thresh=1.5), "ignore_thresh"),
+    (dict(num_classes=3, lambda_obj=-1), "lambda_obj"),
+    (dict(num_classes=3, masks=[[0, 1, 9], [3], [4]]), "masks"),
+    (dict(num_classes=3, anchors=[[1, 2]] * 9), "anchors"),
+    (dict(num_classes=3, bounding_box_format="cxcywh"), "bounding_box_format"),
+    (dict(num_classes=3, reduction="max"), "reduction"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        YoloV3Loss(**kwargs)
+
+
+def test_bad_inputs_are_named():
+    loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS)
+    raw, boxes, labels = random_case(32)
+    y_true = {"boxes": boxes, "labels": labels}
+    with pytest.raises(ValueError, match="list of 3 levels"):
+        loss(y_true, raw[:2])
+    with pytest.raises(ValueError, match=r"y_pred\[1\]"):
+        loss(y_true, [raw[0], raw[1][..., :6], raw[2]])
+    with pytest.raises(ValueError, match="y_true"):
+        loss(boxes, raw)
