@@ -8,7 +8,9 @@ hash (cached under $XDG_CACHE_HOME/keras_yolo or ~/.cache/keras_yolo) and runs i
 - `predict(cfg, weights, images, mode)`: `parse_network_cfg` + `load_weights`
   + `network_predict` per image; returns, per dumped layer, darknet's tensor as
   NHWC `(N, H, W, C)` (`mode="heads"`: the inputs of [detection] / [region] /
-  [yolo] layers, i.e. the raw values; `mode="all"`: every layer's output).
+  [yolo] layers, i.e. the raw values; `mode="all"`: every layer's output;
+  `mode="boxes"`: `get_network_boxes` at threshold 0, `(N, boxes, 5 + C)` rows
+  `[x, y, w, h, objectness, objectness * p(class)...]`, fractions of the image).
 
 Importing this module fails when libdarknet or gcc is missing, so tests load it
 with `require_peer("darknet_predict_reference")`.
@@ -101,7 +103,9 @@ def predict(cfg_path, weights_path, images, mode="heads"):
     for index, layer_type, c, h, w, size in rows:
         block = values[:, start:start + size]
         start += size
-        if c * h * w == size:
+        if layer_type == -1:  # "boxes": (N, boxes, 4 + 1 + classes)
+            block = block.reshape(len(images), h, c)
+        elif c * h * w == size:
             block = block.reshape(-1, c, h, w).transpose(0, 2, 3, 1)
         tensors.append({"index": index, "type": LAYER_TYPES.get(layer_type, layer_type),
                         "output": np.ascontiguousarray(block)})

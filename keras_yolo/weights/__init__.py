@@ -1,2 +1,2 @@
 """Import of darknet .cfg/.weights and ultralytics yolov5 checkpoints."""
-from keras_yolo.weights.darknet import darknet_decode_config, load_darknet, parse_cfg  # noqa: F401
+from keras_yolo.weights.darknet import darknet_decode_config, load_darknet, make_decoder, parse_cfg  # noqa: F401

@@ -593,3 +593,41 @@ def darknet_decode_config(cfg_path, flavor="auto"):
     if flavor == "auto":
         flavor = _detect_flavor(sections)
     return _decode_config(_Builder(sections, None, flavor).build())
+
+
+def make_decoder(decode_config, bounding_box_format="rel_center_xywh", name=None):
+    """The keras-yolo decode layer for a converted darknet model's raw outputs.
+
+    v1: `YoloV1Decode(parametrization="linear")` with the cfg's `sqrt` and
+    `softmax` (darknet's own box semantics); v2: `YoloV2Decode`; v3:
+    `YoloV3Decode`; v4: `YoloV4Decode` with the cfg's `scale_x_y`. Anchors are
+    the cfg's, in input pixels.
+
+    Example:
+        >>> model = load_darknet("yolov3.cfg", "yolov3.weights")
+        >>> decode = make_decoder(model.decode_config, "xyxy")
+        >>> decode(model(images))["boxes"]   # (B, N, 4) pixels
+    """
+    from keras_yolo import layers  # the decode layers live with the other layers
+
+    version = decode_config["version"]
+    height, width = decode_config["input_shape"][:2]
+    if version == "v1":
+        return layers.YoloV1Decode(
+            num_classes=decode_config["num_classes"], grid_size=decode_config["grid_size"],
+            boxes_per_cell=decode_config["boxes_per_cell"],
+            bounding_box_format=bounding_box_format, image_shape=(height, width),
+            parametrization="linear", sqrt=decode_config["sqrt"],
+            softmax=decode_config["softmax"], name=name)
+    strides = [int(round(s)) for s in decode_config["strides"]]
+    if version == "v2":
+        return layers.YoloV2Decode(anchors=decode_config["anchors"], strides=strides,
+                                   bounding_box_format=bounding_box_format, name=name)
+    if version == "v3":
+        return layers.YoloV3Decode(anchors=decode_config["anchors"], strides=strides,
+                                   bounding_box_format=bounding_box_format, name=name)
+    if version == "v4":
+        return layers.YoloV4Decode(anchors=decode_config["anchors"], strides=strides,
+                                   scale_x_y=decode_config["scale_x_y"],
+                                   bounding_box_format=bounding_box_format, name=name)
+    raise ValueError(f"decode_config['version']={version!r} is not v1..v4")

@@ -10,7 +10,10 @@
  * Usage: predict_harness predict CFG WEIGHTS IN OUT MODE
  *   CFG, WEIGHTS   darknet files, read by parse_network_cfg + load_weights
  *   IN   (little-endian binary): int32 n, c, h, w; float32 images[n][c][h][w]
- *   MODE "heads": for each [detection] / [region] / [yolo] layer i, the
+ *   MODE "boxes": get_network_boxes(thresh 0, relative): per box x, y, w, h
+ *                 (fractions of the image), objectness, prob[classes]
+ *                 (= objectness * class probability), in darknet's order
+ *        "heads": for each [detection] / [region] / [yolo] layer i, the
  *                 input of that layer (= output of layer i - 1), i.e. the raw
  *                 values before the head's in-place activations
  *        "all":   the output of every layer
@@ -98,12 +101,13 @@ int main(int argc, char **argv)
         return randomize(argv[2], argv[3], argv[4]);
     }
     if (argc != 7 || strcmp(argv[1], "predict") != 0) {
-        fprintf(stderr, "usage: %s predict CFG WEIGHTS IN OUT heads|all\n"
+        fprintf(stderr, "usage: %s predict CFG WEIGHTS IN OUT heads|all|boxes\n"
                         "       %s randomize CFG SEED OUT_WEIGHTS\n", argv[0], argv[0]);
         return 2;
     }
     argv += 1;
     int all = strcmp(argv[5], "all") == 0;
+    int boxes = strcmp(argv[5], "boxes") == 0;
     network *net = parse_network_cfg(argv[1]);
     load_weights(net, argv[2]);
     set_batch_network(net, 1);
@@ -131,12 +135,30 @@ int main(int argc, char **argv)
                 fwrite(l.output, sizeof(float), l.outputs, out);
                 if (b == 0) printf("%d %d %d %d %d %d\n", i, l.type, l.out_c, l.out_h,
                                    l.out_w, l.outputs);
+            } else if (boxes) {
+                continue;
             } else if (is_head(l.type) && i > 0) {
                 layer prev = net->layers[i - 1];
                 fwrite(prev.output, sizeof(float), l.inputs, out);
                 if (b == 0) printf("%d %d %d %d %d %d\n", i, l.type, l.c, l.h, l.w,
                                    l.inputs);
             }
+        }
+        if (boxes) {
+            /* thresh 0 keeps every box and every class probability;
+             * relative=1 with the network's own size: no letterbox correction. */
+            int count = 0;
+            detection *dets = get_network_boxes(net, net->w, net->h, 0, 0, 0, 1, &count);
+            /* make_network_boxes sizes prob[] by the last layer's classes. */
+            int classes = net->layers[net->n - 1].classes;
+            for (int d = 0; d < count; ++d) {
+                float row[4] = {dets[d].bbox.x, dets[d].bbox.y, dets[d].bbox.w, dets[d].bbox.h};
+                fwrite(row, sizeof(float), 4, out);
+                fwrite(&dets[d].objectness, sizeof(float), 1, out);
+                fwrite(dets[d].prob, sizeof(float), classes, out);
+            }
+            if (b == 0) printf("-1 -1 %d %d 1 %d\n", 5 + classes, count, count * (5 + classes));
+            free_detections(dets, count);
         }
     }
     fclose(out);
