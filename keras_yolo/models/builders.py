@@ -1,0 +1,89 @@
+"""`build(name, num_classes, input_shape)`: every published YOLO network by its name.
+
+| name        | builder                            | default input | outputs (strides)            |
+|-------------|------------------------------------|---------------|------------------------------|
+| yolov1      | `yolov1()` paper: 24 conv + 2 FC   | 448           | (B, 7, 7, 2*5 + C)           |
+| yolov1-tiny | `yolov1(tiny=True)`                | 448           | (B, 7, 7, 2*5 + C)           |
+| yolov2      | `yolov2()` Darknet-19 + reorg      | 416           | (B, H, W, 5, 5 + C) (32)     |
+| yolov2-tiny | `yolov2_tiny()`                    | 416           | (B, H, W, 5, 5 + C) (32)     |
+| yolov3      | `yolov3()` Darknet-53 + FPN        | 416           | 3 levels (8, 16, 32), A = 3  |
+| yolov3-spp  | `yolov3(spp=True)`                 | 608           | 3 levels (8, 16, 32)         |
+| yolov3-tiny | `yolov3_tiny()`                    | 416           | 2 levels (16, 32)            |
+| yolov4      | `yolov4()` CSPDarknet53 + SPP + PAN| 608           | 3 levels (8, 16, 32)         |
+| yolov4-tiny | `yolov4_tiny()`                    | 416           | 2 levels (16, 32)            |
+| yolov5n/s/m/l/x | `yolov5(depth, width)` v6.0+   | 640           | 3 levels (8, 16, 32)         |
+
+Extra keyword arguments go to the builder (`boxes_per_cell` for v1,
+`darknet_reorg` for v2, `sam` / `dropblock_rate` for v4).
+"""
+
+import functools
+
+from keras_yolo import anchors as default_anchors
+from keras_yolo.models.yolov1 import yolov1
+from keras_yolo.models.yolov2 import yolov2, yolov2_tiny
+from keras_yolo.models.yolov3 import yolov3, yolov3_tiny
+from keras_yolo.models.yolov4 import yolov4, yolov4_tiny
+from keras_yolo.models.yolov5 import YOLOV5_MULTIPLES, yolov5
+
+# darknet cfg/yolov3-tiny.cfg and AlexeyAB cfg/yolov4-tiny.cfg anchors at 416 (pixels), per level.
+_TINY_ANCHORS = [(10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)]
+YOLOV3_TINY_ANCHORS = [_TINY_ANCHORS[0:3], _TINY_ANCHORS[3:6]]   # masks 0,1,2 and 3,4,5
+YOLOV4_TINY_ANCHORS = [_TINY_ANCHORS[1:4], _TINY_ANCHORS[3:6]]   # masks 1,2,3 and 3,4,5 (sic, the cfg's)
+
+_SPECS = {
+    "yolov1": (functools.partial(yolov1, tiny=False), (448, 448, 3), (64,), None),
+    "yolov1-tiny": (functools.partial(yolov1, tiny=True), (448, 448, 3), (64,), None),
+    "yolov2": (yolov2, (416, 416, 3), (32,), default_anchors.YOLOV2_COCO_ANCHORS),
+    "yolov2-tiny": (yolov2_tiny, (416, 416, 3), (32,), default_anchors.YOLOV2_COCO_ANCHORS),
+    "yolov3": (yolov3, (416, 416, 3), (8, 16, 32), default_anchors.YOLOV3_ANCHORS),
+    "yolov3-spp": (functools.partial(yolov3, spp=True, name="yolov3_spp"), (608, 608, 3), (8, 16, 32),
+                   default_anchors.YOLOV3_ANCHORS),
+    "yolov3-tiny": (yolov3_tiny, (416, 416, 3), (16, 32), YOLOV3_TINY_ANCHORS),
+    "yolov4": (yolov4, (608, 608, 3), (8, 16, 32), default_anchors.YOLOV4_ANCHORS),
+    "yolov4-tiny": (yolov4_tiny, (416, 416, 3), (16, 32), YOLOV4_TINY_ANCHORS),
+}
+for _size, (_depth, _width) in YOLOV5_MULTIPLES.items():
+    _SPECS[f"yolov5{_size}"] = (
+        functools.partial(yolov5, depth_multiple=_depth, width_multiple=_width, name=f"yolov5{_size}"),
+        (640, 640, 3), (8, 16, 32), default_anchors.YOLOV5_ANCHORS)
+
+
+def available_models():
+    """The names `build` accepts, e.g. `["yolov1", ..., "yolov5x"]`."""
+    return list(_SPECS)
+
+
+def model_spec(name):
+    """`{"input_shape", "strides", "anchors"}` defaults of a named model (anchors in input pixels, or None)."""
+    _, input_shape, strides, anchors = _SPECS[_check_name(name)]
+    return {"input_shape": input_shape, "strides": strides, "anchors": anchors}
+
+
+def build(name, num_classes=80, input_shape=None, **kwargs):
+    """Builds a named YOLO network as a `keras_yolo.models.YoloModel`.
+
+    Args:
+        name: one of `available_models()`, e.g. `"yolov5s"`, `"yolov3-tiny"`.
+        num_classes: C.
+        input_shape: `(H, W, 3)`, H and W multiples of 32 (64 for v1, whose dense
+            layers fix it); `(None, None, 3)` for any size (v2 - v5). Default: the
+            model's published size.
+        kwargs: builder options (see the module docstring).
+
+    Returns: a `YoloModel` whose outputs follow DESIGN.md: v1 `(B, S, S, Bx*5 + C)`,
+    v2 `(B, H/32, W/32, 5, 5 + C)`, v3 - v5 a list of `(B, H/s, W/s, 3, 5 + C)` in ascending s.
+
+    Example:
+        >>> model = build("yolov5s", num_classes=80, input_shape=(640, 640, 3))
+        >>> [o.shape for o in model.outputs]
+        [(None, 80, 80, 3, 85), (None, 40, 40, 3, 85), (None, 20, 20, 3, 85)]
+    """
+    builder, default_shape, _, _ = _SPECS[_check_name(name)]
+    return builder(num_classes=num_classes, input_shape=tuple(input_shape or default_shape), **kwargs)
+
+
+def _check_name(name):
+    if name not in _SPECS:
+        raise ValueError(f"name must be one of {available_models()}, got {name!r}")
+    return name
