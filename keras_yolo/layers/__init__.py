@@ -5,3 +5,14 @@ from keras_yolo.postprocess import NonMaxSuppression
 from keras_yolo.layers.yolo_v5_decode import YoloV5Decode
 from keras_yolo.layers.yolo_v3_decode import YoloV3Decode
 from keras_yolo.layers.yolo_v4_decode import YoloV4Decode
+from keras_yolo.layers.activations import Mish, activation_function
+from keras_yolo.layers.anchor_split import AnchorSplit
+from keras_yolo.layers.channel_group import ChannelGroup
+from keras_yolo.layers.conv_bn import ConvBNAct
+from keras_yolo.layers.csp import (apply_bottleneck, apply_c3, apply_csp_stage, apply_darknet_stage,
+                                   apply_tiny_csp_block)
+from keras_yolo.layers.dropblock import DropBlock
+from keras_yolo.layers.reorg import Reorg
+from keras_yolo.layers.sam import SpatialAttention
+from keras_yolo.layers.spp import SequentialMaxPool, SpatialPyramidPooling, apply_sppf
+from keras_yolo.layers.weighted_residual import WeightedResidual
