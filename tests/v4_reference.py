@@ -260,8 +260,12 @@ def darknet_deltas(raws, truths, labels, anchors, strides, scale_x_y,
 
 
 # --- the seed's formula ------------------------------------------------------------
-def ciou(a, b, kind="ciou"):
-    """IoU / GIoU / DIoU / CIoU of two centre boxes (CIoU paper, alpha = v / (1 - IoU + v))."""
+def ciou(a, b, kind="ciou", alpha=None):
+    """IoU / GIoU / DIoU / CIoU of two centre boxes (CIoU paper, alpha = v / (1 - IoU + v)).
+
+    Returns (value, alpha); pass `alpha` to hold it fixed (the paper treats it
+    as a constant in the gradient).
+    """
     ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
     bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
     iw = max(min(ax2, bx2) - max(ax1, bx1), 0.0)
@@ -272,14 +276,16 @@ def ciou(a, b, kind="ciou"):
     cw = max(ax2, bx2) - min(ax1, bx1)
     ch = max(ay2, by2) - min(ay1, by1)
     if kind == "iou":
-        return iou
+        return iou, None
     if kind == "giou":
-        return iou - (cw * ch - union) / (cw * ch)
+        return iou - (cw * ch - union) / (cw * ch), None
     diou = iou - ((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2) / (cw ** 2 + ch ** 2)
     if kind == "diou":
-        return diou
+        return diou, None
     v = 4 / math.pi ** 2 * (math.atan(b[2] / b[3]) - math.atan(a[2] / a[3])) ** 2
-    return diou - v / (1 - iou + v) * v
+    if alpha is None:
+        alpha = v / (1 - iou + v)
+    return diou - alpha * v, alpha
 
 
 def bce(target, logit):
@@ -289,8 +295,11 @@ def bce(target, logit):
 def seed_loss(raws, truths, labels, anchors, strides, scale_x_y,
               lambda_coord=0.07, lambda_obj=1.0, lambda_class=1.0,
               iou_thresh=0.213, ignore_thresh=0.7, iou_loss="ciou",
-              label_smoothing=0.0):
+              label_smoothing=0.0, alphas=None):
     """The seed's L (box, obj, cls), each summed per image and divided by B.
+
+    `alphas`: a dict that keeps CIoU's alpha of each (truth, anchor) pair
+    from the first call, so finite differences hold it constant.
 
     Box IoUs in pixels; responsible anchors: the best shape IoU over all
     levels plus every anchor above `iou_thresh`; ignored negatives: best IoU
@@ -330,7 +339,12 @@ def seed_loss(raws, truths, labels, anchors, strides, scale_x_y,
                             math.exp(r[2]) * anchor[0], math.exp(r[3]) * anchor[1])
                     tpix = (truth[0] * net_w, truth[1] * net_h,
                             truth[2] * net_w, truth[3] * net_h)
-                    box_sum += lambda_coord * (1 - ciou(pred, tpix, iou_loss))
+                    key = (level, b, t, n)
+                    fixed = None if alphas is None else alphas.get(key)
+                    value, alpha = ciou(pred, tpix, iou_loss, fixed)
+                    if alphas is not None:
+                        alphas[key] = alpha
+                    box_sum += lambda_coord * (1 - value)
             for j in range(lh):
                 for i in range(lw):
                     for n in range(num):

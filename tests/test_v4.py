@@ -1,0 +1,456 @@
+"""YOLOv4: decoding, assignment and the loss against the float64 reference
+(`v4_reference.py`, transcribed from AlexeyAB darknet's yolo_layer.c / box.c
+and the seed's formula) and against TF Model Garden's DarknetLoss."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import v4_reference as ref
+from conftest import require_peer
+from keras_yolo.assign import yolo_v4 as assign_v4
+from keras_yolo.layers import YoloV4Decode
+from keras_yolo.losses import YoloV4Loss
+
+# Small anchors for a 64x64 input: grids 8, 4, 2; shapes chosen so that most
+# truths have several anchors above iou_thresh, some on other levels.
+ANCHORS = [[(6, 8), (10, 14), (14, 10)], [(18, 24), (24, 18), (28, 36)],
+           [(40, 30), (48, 56), (60, 60)]]
+STRIDES = (8, 16, 32)
+SXY = (1.2, 1.1, 1.05)
+GRIDS = (8, 4, 2)
+IMAGE = 64
+C = 3
+
+
+def plant(raws, truth, level, anchor, grow=1.05):
+    """Sets the raw output of (level, cell of truth, anchor) so that its
+    decoded box is the truth `grow`n in size (IoU > 0.7)."""
+    g, s = GRIDS[level], SXY[level]
+    i, j = min(int(truth[0] * g), g - 1), min(int(truth[1] * g), g - 1)
+    aw, ah = ANCHORS[level][anchor]
+    for axis, cell in ((0, i), (1, j)):
+        p = (truth[axis] * g - cell + (s - 1) / 2) / s
+        raws[level][:, j, i, anchor, axis] = math.log(p / (1 - p))
+    net = g * STRIDES[level]
+    raws[level][:, j, i, anchor, 2] = math.log(truth[2] * net * grow / aw)
+    raws[level][:, j, i, anchor, 3] = math.log(truth[3] * net * grow / ah)
+    return j, i
+
+
+def make_case(seed, batch=3):
+    """Random outputs and truths: cell-border centres, several anchors per
+    truth, two truths sharing an anchor, planted high-IoU predictions with
+    and without a confident class, and an empty last image."""
+    rng = np.random.default_rng(seed)
+    m = 7
+    raws = [rng.normal(0, 1, (batch, g, g, 3, 5 + C)) for g in GRIDS]
+    truths = np.zeros((batch, m, 4))
+    truths[..., :2] = rng.uniform(0.05, 0.95, (batch, m, 2))
+    truths[..., 2:] = rng.uniform(0.08, 0.7, (batch, m, 2))
+    labels = rng.integers(0, C, (batch, m))
+    # Centres on cell borders of the 8x8 grid (3/8 exactly, just below 5/8).
+    truths[:, 0, 0] = 3 / 8
+    truths[:, 1, 1] = 5 / 8 - 1e-3
+    # Truth 6 repeats truth 5's cell and shape with another class.
+    truths[:, 6] = truths[:, 5] + [1e-3, 0, 0.01, 0]
+    labels[:, 6] = (labels[:, 5] + 1) % C
+    labels[-1] = -1  # an empty image
+    labels[0, 4] = -1  # padding in the middle of a row
+    for b in range(batch - 1):
+        for t, class_logit in ((2, -4.0), (3, 1.0)):
+            for level in (0, 1):
+                for anchor in range(3):
+                    j, i = plant([r[b:b + 1] for r in raws], truths[b, t],
+                                 level, anchor)
+                    raws[level][b, j, i, anchor, 5:] = class_logit
+    return raws, truths.astype(np.float32), labels.astype(np.int32)
+
+
+def tf_grads(loss, raws, truths, labels):
+    preds = [tf.constant(r, tf.float32) for r in raws]
+    with tf.GradientTape() as tape:
+        tape.watch(preds)
+        total = loss({"boxes": truths, "labels": labels}, preds)
+    return total, [g.numpy() for g in tape.gradient(total, preds)]
+
+
+def v4_loss(**kwargs):
+    kwargs = {"scale_x_y": SXY, **kwargs}
+    return YoloV4Loss(num_classes=C, anchors=ANCHORS, strides=STRIDES, **kwargs)
+
+
+# --- assignment ---------------------------------------------------------------
+def test_assign_best_anchor_and_all_above_iou_thresh():
+    raws, truths, labels = make_case(0)
+    out = assign_v4.assign(truths, labels >= 0, ANCHORS, [(g, g) for g in GRIDS],
+                           (IMAGE, IMAGE), 0.213)
+    mask, cells = out["mask"].numpy(), out["cells"].numpy()
+    flat = [a for level in ANCHORS for a in level]
+    several = 0
+    for b in range(truths.shape[0]):
+        for t in range(truths.shape[1]):
+            ious = [ref.box_iou((0, 0, w / IMAGE, h / IMAGE),
+                                (0, 0, truths[b, t, 2], truths[b, t, 3]))
+                    for w, h in flat]
+            want = np.array(ious) > 0.213
+            want[int(np.argmax(ious))] = True
+            want &= labels[b, t] >= 0
+            np.testing.assert_array_equal(mask[b, t].reshape(-1), want)
+            several += want.sum() >= 2
+            for level, g in enumerate(GRIDS):
+                assert tuple(cells[b, t, level]) == (int(truths[b, t, 1] * g),
+                                                     int(truths[b, t, 0] * g))
+    assert several >= 5
+    assert cells[0, 0, 0, 1] == 3 and cells[0, 1, 0, 0] == 4  # the borders
+
+
+def test_iou_thresh_one_keeps_only_the_best_anchor():
+    _, truths, labels = make_case(1)
+    out = assign_v4.assign(truths, labels >= 0, ANCHORS, [(g, g) for g in GRIDS],
+                           (IMAGE, IMAGE), 1.0)
+    per_truth = out["mask"].numpy().reshape(truths.shape[0], truths.shape[1], -1)
+    np.testing.assert_array_equal(per_truth.sum(-1), (labels >= 0).astype(int))
+
+
+# --- decoding -----------------------------------------------------------------
+def test_decode_matches_reference_and_reaches_past_cell_borders():
+    raws, _, _ = make_case(2)
+    raws[0][0, 2, 3, 1, 0:2] = [30.0, -30.0]  # saturated logistic
+    layer = YoloV4Decode(anchors=ANCHORS, strides=STRIDES, scale_x_y=SXY)
+    out = layer([tf.constant(r, tf.float32) for r in raws])
+    want = [ref.decode(r, ANCHORS[l], STRIDES[l], SXY[l]) for l, r in enumerate(raws)]
+    np.testing.assert_allclose(out["boxes"], np.concatenate([w[0] for w in want], 1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["objectness"], np.concatenate([w[1] for w in want], 1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["class_probs"], np.concatenate([w[2] for w in want], 1),
+                               rtol=1e-5, atol=1e-6)
+    # Cell (j=2, i=3), anchor 1 of P3: x = (3 + 1.1) / 8, y = (2 - 0.1) / 8.
+    index = (2 * 8 + 3) * 3 + 1
+    np.testing.assert_allclose(out["boxes"][0, index, :2], [4.1 / 8, 1.9 / 8], atol=1e-6)
+
+
+def test_decode_pixel_format_and_config_round_trip():
+    raws, _, _ = make_case(3)
+    layer = YoloV4Decode(anchors=ANCHORS, strides=STRIDES, scale_x_y=SXY,
+                         bounding_box_format="xyxy")
+    clone = YoloV4Decode.from_config(layer.get_config())
+    preds = [tf.constant(r, tf.float32) for r in raws]
+    rel = YoloV4Decode(anchors=ANCHORS, strides=STRIDES, scale_x_y=SXY)(preds)["boxes"].numpy()
+    want = np.concatenate([rel[..., :2] - rel[..., 2:] / 2, rel[..., :2] + rel[..., 2:] / 2], -1) * IMAGE
+    np.testing.assert_allclose(clone(preds)["boxes"], want, rtol=1e-5, atol=1e-4)
+    assert clone.get_config() == layer.get_config()
+
+
+# --- darknet_compat: -dL/draw == delta / B -----------------------------------------
+@pytest.mark.parametrize("iou_loss", ["ciou", "diou", "giou", "iou"])
+def test_darknet_gradient_is_yolo_layer_delta_over_batch(iou_loss):
+    raws, truths, labels = make_case(4)
+    deltas, stats = ref.darknet_deltas(raws, truths, labels, ANCHORS, STRIDES, SXY,
+                                       iou_loss=iou_loss)
+    assert stats["pairs"] >= 20 and stats["shared"] >= 2
+    _, grads = tf_grads(v4_loss(iou_loss=iou_loss, darknet_compat=True), raws,
+                        truths, labels)
+    batch = truths.shape[0]
+    for level in range(3):
+        np.testing.assert_allclose(-grads[level] * batch, deltas[level], atol=2e-5)
+    # The empty image still gets its no-object push on every anchor.
+    assert np.all(deltas[0][-1, ..., 4] < 0)
+
+
+def test_darknet_max_delta_clips_each_truth_before_summing():
+    raws, truths, labels = make_case(5)
+    raws[0][..., 2:4] += 1.5  # large predicted boxes: large w, h deltas
+    kwargs = dict(iou_normalizer=1.0, max_delta=0.05, iou_thresh=0.213)
+    deltas, _ = ref.darknet_deltas(raws, truths, labels, ANCHORS, STRIDES, SXY, **kwargs)
+    loss = v4_loss(darknet_compat=True, **kwargs)
+    _, grads = tf_grads(loss, raws, truths, labels)
+    clipped = np.isclose(np.abs(deltas[0][..., 0:4]), 0.05).sum()
+    assert clipped >= 5
+    for level in range(3):
+        np.testing.assert_allclose(-grads[level] * truths.shape[0], deltas[level], atol=2e-5)
+
+
+def test_darknet_label_smoothing_counts_negative_classes_below_eps_half():
+    raws, truths, labels = make_case(6)
+    for r in raws:
+        r[..., 5:] -= 2.5  # some negative classes fall below eps / 2
+    deltas, _ = ref.darknet_deltas(raws, truths, labels, ANCHORS, STRIDES, SXY,
+                                   label_smooth_eps=0.2)
+    loss = v4_loss(darknet_compat=True, label_smooth_eps=0.2)
+    assert loss.label_smoothing == 0.2
+    _, grads = tf_grads(loss, raws, truths, labels)
+    for level in range(3):
+        np.testing.assert_allclose(-grads[level] * truths.shape[0], deltas[level], atol=2e-5)
+
+
+def test_two_truths_in_one_anchor_sum_and_divide_by_their_classes():
+    raws, _, _ = make_case(7)
+    truth = [0.41, 0.43, 0.2, 0.22]
+    boxes = np.array([[truth, truth]], np.float32)
+    raws = [r[:1] for r in raws]
+    loss = v4_loss(darknet_compat=True)
+
+    def box_grad(labels):
+        _, g = tf_grads(loss, raws, boxes, np.array([labels], np.int32))
+        return [x[..., 0:4] for x in g]
+
+    single = box_grad([0, -1])
+    for two, divisor in (([0, 1], 2.0), ([1, 1], 1.0)):
+        for level, got in enumerate(box_grad(two)):
+            np.testing.assert_allclose(got, 2 * single[level] / divisor, atol=1e-6)
+
+
+def test_darknet_ignore_rule_needs_a_confident_class():
+    raws, truths, labels = make_case(8)
+    raws = [r[:1] for r in raws]
+    truths, labels = truths[:1, :1], labels[:1, :1]
+    truth = truths[0, 0]
+    flat = [a for level in ANCHORS for a in level]
+    mask = assign_v4.assign(truths, labels >= 0, ANCHORS, [(g, g) for g in GRIDS],
+                            (IMAGE, IMAGE), 0.213)["mask"].numpy()[0, 0]
+    level, anchor = [(l, a) for l in range(3) for a in range(3) if not mask[l, a]][0]
+    j, i = plant(raws, truth, level, anchor)
+    del flat
+    for class_logit, exempt in ((-4.0, False), (0.5, True)):
+        raws[level][0, j, i, anchor, 5:] = class_logit
+        obj = raws[level][0, j, i, anchor, 4]
+        for compat in (True, False):
+            _, grads = tf_grads(v4_loss(darknet_compat=compat), raws, truths, labels)
+            got = grads[level][0, j, i, anchor, 4]
+            # The seed's ignore rule has no class gate.
+            want = 0.0 if (exempt or not compat) else ref.sigmoid(obj)
+            np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_empty_images_only_push_objectness_down(compat):
+    raws, truths, _ = make_case(9)
+    labels = np.full(truths.shape[:2], -1, np.int32)
+    loss = v4_loss(darknet_compat=compat)
+    parts = loss.components({"boxes": truths, "labels": labels},
+                            [tf.constant(r, tf.float32) for r in raws])
+    batch = truths.shape[0]
+    want_obj = sum(np.sum(np.logaddexp(0, r[..., 4])) for r in raws) / batch
+    assert float(parts["box"]) == 0.0 and float(parts["cls"]) == 0.0
+    np.testing.assert_allclose(float(parts["obj"]), want_obj, rtol=1e-5)
+    _, grads = tf_grads(loss, raws, truths, labels)
+    for g, r in zip(grads, raws):
+        np.testing.assert_allclose(g[..., 4], ref.sigmoid(r[..., 4]) / batch, atol=1e-6)
+        assert np.all(g[..., :4] == 0) and np.all(g[..., 5:] == 0)
+
+
+# --- the seed's formula ------------------------------------------------------------
+@pytest.mark.parametrize("iou_loss,eps", [("ciou", 0.0), ("giou", 0.1), ("diou", 0.0)])
+def test_seed_loss_matches_reference(iou_loss, eps):
+    raws, truths, labels = make_case(10)
+    loss = v4_loss(iou_loss=iou_loss, label_smoothing=eps, lambda_class=0.5)
+    parts = loss.components({"boxes": truths, "labels": labels},
+                            [tf.constant(r, tf.float32) for r in raws])
+    want = ref.seed_loss(raws, truths.astype(np.float64), labels, ANCHORS, STRIDES, SXY,
+                         iou_loss=iou_loss, label_smoothing=eps, lambda_class=0.5)
+    for key in ("box", "obj", "cls"):
+        np.testing.assert_allclose(float(parts[key]), want[key], rtol=1e-5)
+    assert want["box"] > 0.1
+
+
+def test_seed_gradient_matches_finite_differences_of_reference():
+    raws, truths, labels = make_case(11, batch=2)
+    _, grads = tf_grads(v4_loss(), raws, truths, labels)
+    t64 = truths.astype(np.float64)
+
+    alphas = {}  # CIoU's alpha is a constant in the gradient (CIoU paper)
+
+    def total(rs):
+        return sum(ref.seed_loss(rs, t64, labels, ANCHORS, STRIDES, SXY,
+                                 alphas=alphas).values())
+
+    total(raws)
+
+    rng = np.random.default_rng(0)
+    positives = [(l, tuple(p)) for l in range(3)  # box entries of positives
+                 for p in np.argwhere(np.abs(grads[l][..., 0]) > 1e-4)[:3]]
+    picks = [(l, p, ch) for l, p in positives for ch in range(4)]
+    picks += [(l, tuple(rng.integers(0, s) for s in raws[l].shape[:4]), ch)
+              for l in range(3) for ch in (4, 5)]
+    h = 1e-6
+    for level, index, ch in picks:
+        plus = [r.copy() for r in raws]
+        minus = [r.copy() for r in raws]
+        plus[level][index + (ch,)] += h
+        minus[level][index + (ch,)] -= h
+        numeric = (total(plus) - total(minus)) / (2 * h)
+        np.testing.assert_allclose(grads[level][index + (ch,)], numeric, atol=1e-5,
+                                   err_msg=f"level {level} {index} channel {ch}")
+    assert len(positives) >= 6
+
+
+# --- graph, serialization, errors --------------------------------------------------
+@pytest.mark.parametrize("compat", [False, True])
+def test_jit_compile_matches_eager(compat):
+    """Two levels (P3, P4) keep the XLA compile short; the levels share code."""
+    raws, truths, labels = make_case(12)
+    raws = raws[:2]
+    loss = YoloV4Loss(num_classes=C, anchors=ANCHORS[:2], strides=STRIDES[:2],
+                      scale_x_y=SXY[:2], darknet_compat=compat)
+    total, grads = tf_grads(loss, raws, truths, labels)
+
+    @tf.function(jit_compile=True)
+    def step(y, preds):
+        with tf.GradientTape() as tape:
+            tape.watch(preds)
+            value = loss(y, preds)
+        return value, tape.gradient(value, preds)
+
+    value, jit_grads = step({"boxes": tf.constant(truths), "labels": tf.constant(labels)},
+                            [tf.constant(r, tf.float32) for r in raws])
+    np.testing.assert_allclose(float(value), float(total), rtol=1e-5)
+    for g, jg in zip(grads, jit_grads):
+        np.testing.assert_allclose(jg, g, atol=1e-5)
+    assert float(total) > 0
+
+
+def test_components_sum_and_pixel_boxes():
+    raws, truths, labels = make_case(13)
+    preds = [tf.constant(r, tf.float32) for r in raws]
+    loss = v4_loss()
+    parts = loss.components({"boxes": truths, "labels": labels}, preds)
+    total = loss({"boxes": truths, "labels": labels}, preds)
+    np.testing.assert_allclose(float(total), float(sum(parts.values())), rtol=1e-6)
+    xyxy = np.concatenate([truths[..., :2] - truths[..., 2:] / 2,
+                           truths[..., :2] + truths[..., 2:] / 2], -1) * IMAGE
+    pixel = v4_loss(bounding_box_format="xyxy")({"boxes": xyxy, "labels": labels}, preds)
+    np.testing.assert_allclose(float(pixel), float(total), rtol=1e-5)
+
+
+def test_get_config_round_trip_with_darknet_aliases():
+    loss = v4_loss(iou_normalizer=0.5, cls_normalizer=0.7, obj_normalizer=2.0,
+                   iou_loss="giou", darknet_compat=True, max_delta=3.0)
+    assert (loss.lambda_coord, loss.lambda_class, loss.lambda_obj) == (0.5, 0.7, 2.0)
+    config = loss.get_config()
+    clone = YoloV4Loss.from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert isinstance(restored, YoloV4Loss) and restored.get_config() == config
+    defaults = YoloV4Loss(num_classes=80)
+    assert (defaults.lambda_coord, defaults.iou_thresh, defaults.ignore_thresh,
+            defaults.scale_x_y, defaults.max_delta, defaults.iou_loss) == (
+        0.07, 0.213, 0.7, (1.2, 1.1, 1.05), 5.0, "ciou")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(iou_loss="eiou"), "iou_loss"),
+    (dict(lambda_coord=1.0, iou_normalizer=2.0), "iou_normalizer"),
+    (dict(scale_x_y=(1.2, 1.1)), "scale_x_y"),
+    (dict(ignore_thresh=1.5), "ignore_thresh"),
+    (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(bounding_box_format="cxcywh"), "bounding_box_format"),
+])
+def test_bad_arguments_name_themselves(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        v4_loss(**kwargs)
+
+
+def test_wrong_head_shape_is_named():
+    raws, truths, labels = make_case(14)
+    with pytest.raises(ValueError, match=r"y_pred\[1\]"):
+        v4_loss()({"boxes": truths, "labels": labels},
+                  [raws[0], raws[1][..., :-1], raws[2]])
+
+
+# --- TF Model Garden (official.projects.yolo.losses.yolo_loss.DarknetLoss) ----------
+def model_garden_gradients(raws, truths, labels, update_on_repeat=True):
+    """DarknetLoss per level and image, fed with our assignment (Model Garden
+    assigns in its data pipeline) and its darknet options:
+    objectness_smooth=0, box_type='original', truth_thresh=1, no clipping.
+    One image at a time so that no truth row is padded (eager CPU rejects the
+    -1 scatter index Model Garden gives padded rows); its batch mean then
+    needs the 1 / B of ours."""
+    yolo_loss = require_peer("official.projects.yolo.losses.yolo_loss",
+                             "(bash .ci/install_parity)")
+    batch, m = labels.shape
+    valid = labels >= 0
+    out = assign_v4.assign(truths, valid, ANCHORS, [(g, g) for g in GRIDS],
+                           (IMAGE, IMAGE), 0.213)
+    mask, cells = out["mask"].numpy(), out["cells"].numpy()
+    # PairWiseSearch (the ignore rule) searches tiles of 50 truths and skips
+    # all of them below 100 rows: pad to 100.
+    rows = 100
+    t = truths
+    yxyx = np.zeros((batch, rows, 4), np.float32)
+    yxyx[:, :m] = np.stack([t[..., 1] - t[..., 3] / 2, t[..., 0] - t[..., 2] / 2,
+                            t[..., 1] + t[..., 3] / 2, t[..., 0] + t[..., 2] / 2],
+                           -1) * valid[..., None]
+    classes = np.zeros((batch, rows), np.float32)
+    classes[:, :m] = np.where(valid, labels, 0)
+    grads = [np.zeros_like(r, np.float32) for r in raws]
+    for level, raw in enumerate(raws):
+        loss = yolo_loss.DarknetLoss(
+            classes=C, anchors=ANCHORS[level], path_stride=STRIDES[level],
+            ignore_thresh=0.7, truth_thresh=1.0, loss_type="ciou",
+            iou_normalizer=0.07, cls_normalizer=1.0, object_normalizer=1.0,
+            label_smoothing=0.0, objectness_smooth=0.0,
+            update_on_repeat=update_on_repeat, box_type="original",
+            scale_x_y=SXY[level], max_delta=1e9)
+        for b in range(batch):
+            inds, y_true = [], []
+            counts = np.zeros((1,) + raw.shape[1:4] + (1,), np.float32)
+            for t_, a in zip(*np.nonzero(mask[b, :, level])):
+                j, i = cells[b, t_, level]
+                inds.append((j, i, a))
+                y_true.append((*truths[b, t_], 1, labels[b, t_]))
+                counts[0, j, i, a, 0] += 1
+            x = tf.constant(raw[b:b + 1], tf.float32)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = loss(tf.constant(counts),
+                             tf.constant(np.reshape(inds, (1, -1, 3)), tf.int32),
+                             tf.constant(np.reshape(y_true, (1, -1, 6)), tf.float32),
+                             tf.constant(yxyx[b:b + 1]), tf.constant(classes[b:b + 1]),
+                             x)[0]
+            grads[level][b] = tape.gradient(value, x).numpy()[0] / batch
+    return grads
+
+
+@pytest.mark.parity
+def test_model_garden_objectness_and_class_gradients():
+    raws, truths, labels = make_case(15)
+    mg = model_garden_gradients(raws, truths, labels)
+    _, ours = tf_grads(v4_loss(darknet_compat=True), raws, truths, labels)
+    ignored = 0
+    for level in range(3):
+        np.testing.assert_allclose(ours[level][..., 4:], mg[level][..., 4:], atol=1e-5)
+        ignored += np.sum(mg[level][..., 4] == 0)
+    assert ignored >= 4  # the planted, class-confident predictions
+
+
+@pytest.mark.parity
+def test_model_garden_xy_gradients_when_prediction_inside_truth():
+    """Model Garden differentiates CIoU; darknet's dx_box_iou equals that
+    derivative for x, y when the predicted box lies inside its truth (no
+    enclosing-box term). w, h differ by design: see losses/yolo_v4.py."""
+    rng = np.random.default_rng(16)
+    raws = [rng.normal(0, 1, (2, g, g, 3, 5 + C)) for g in GRIDS]
+    truths = np.array([[[0.3, 0.3, 0.45, 0.4], [0.72, 0.7, 0.3, 0.5]],
+                       [[0.55, 0.35, 0.6, 0.5], [0.2, 0.8, 0.25, 0.3]]], np.float32)
+    labels = np.array([[0, 2], [1, 0]], np.int32)
+    out = assign_v4.assign(truths, labels >= 0, ANCHORS, [(g, g) for g in GRIDS],
+                           (IMAGE, IMAGE), 0.213)["mask"].numpy()
+    for b in range(2):
+        for t in range(2):
+            for level in range(3):
+                for a in range(3):
+                    if out[b, t, level, a]:
+                        shrunk = truths[b, t] + [0.01, -0.01, 0, 0]
+                        plant([r[b:b + 1] for r in raws], shrunk, level, a, grow=0.6)
+    mg = model_garden_gradients(raws, truths, labels)
+    _, ours = tf_grads(v4_loss(darknet_compat=True), raws, truths, labels)
+    checked = 0
+    for level in range(3):
+        np.testing.assert_allclose(ours[level][..., 0:2], mg[level][..., 0:2], atol=1e-5)
+        checked += np.sum(np.abs(mg[level][..., 0]) > 1e-4)
+    assert checked >= 4
