@@ -1,0 +1,1 @@
+"""keras-yolo serving: export, predict, conversion of pretrained weights."""
