@@ -450,22 +450,25 @@ def test_decode_in_a_functional_model_with_unknown_size():
 # --- serving, compiling, serialising, errors -------------------------------
 
 def test_jit_compile_matches_eager():
+    """Both modes in one XLA compile (compiling is slow on 2 cores)."""
     raw, boxes, labels = random_case(30)
-    # One compile (XLA is slow on 2 cores); the modes share all but the box
-    # term's elementwise ops, and truth_thresh < 1 adds the matched branch.
-    for compat in (False,):
-        loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS,
-                          darknet_compat=compat, coord_iou_gate="prediction",
-                          truth_thresh=0.7)
+    losses = [YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS,
+                         coord_iou_gate="prediction", truth_thresh=0.7),
+              YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS,
+                         darknet_compat=True)]
 
-        @tf.function(jit_compile=True)
-        def step(b, l, r0, r1, r2):
+    @tf.function(jit_compile=True)
+    def step(b, l, r0, r1, r2):
+        out = []
+        for loss in losses:
             with tf.GradientTape() as tape:
                 tape.watch([r0, r1, r2])
                 value = loss({"boxes": b, "labels": l}, [r0, r1, r2])
-            return value, tape.gradient(value, [r0, r1, r2])
+            out.append((value, tape.gradient(value, [r0, r1, r2])))
+        return out
 
-        value, grads = step(boxes, labels, *[tf.constant(r) for r in raw])
+    results = step(boxes, labels, *[tf.constant(r) for r in raw])
+    for loss, (value, grads) in zip(losses, results):
         _, want, want_grads = loss_and_grads(loss, boxes, labels, raw)
         assert float(value) == pytest.approx(want, rel=1e-5)
         for g, w in zip(grads, want_grads):
@@ -520,3 +523,21 @@ def test_bad_inputs_are_named():
         loss(y_true, [raw[0], raw[1][..., :6], raw[2]])
     with pytest.raises(ValueError, match="y_true"):
         loss(boxes, raw)
+
+
+def test_small_v3_model_fits_with_the_loss():
+    from keras_yolo.models.small_v3 import small_v3
+
+    keras.utils.set_random_seed(0)
+    model = small_v3(num_classes=3, input_size=64, filters=(8, 16, 16, 32, 32),
+                     blocks=(1, 1, 1, 1, 1), neck_filters=(8, 16, 16))
+    shapes = [tuple(o.shape) for o in model.outputs]
+    assert shapes == [(None, 8, 8, 3, 8), (None, 4, 4, 3, 8), (None, 2, 2, 3, 8)]
+    _, boxes, labels = random_case(40, batch=4)
+    images = np.random.default_rng(0).uniform(size=(4, 64, 64, 3)).astype("float32")
+    loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS)
+    model.compile(keras.optimizers.Adam(1e-3), loss=loss, run_eagerly=True)
+    y_true = {"boxes": boxes, "labels": labels}
+    history = model.fit(images, y_true, batch_size=4, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
