@@ -577,3 +577,22 @@ def test_bad_input_is_named(tmp_path):
         load_darknet(cfg, flavor="darknet")
     with pytest.raises(ValueError, match=r"first section must be \[net\]"):
         parse_cfg(_write("[convolutional]\n", "nonet.cfg", str(tmp_path)))
+
+
+def test_convert_command_writes_keras_and_decode_config(zoo, tmp_path, capsys):
+    """`python -m serving convert --from darknet ...` in one call."""
+    import json
+
+    from serving.__main__ import main
+
+    cfg, weights, model = zoo
+    out = str(tmp_path / "zoo.keras")
+    assert main(["convert", "--from", "darknet", "--cfg", cfg, "--weights", weights, "--out", out]) == 0
+    assert "max |difference| 0" in capsys.readouterr().out
+    images = _images(model)
+    restored = keras.saving.load_model(out)
+    np.testing.assert_array_equal(np.asarray(restored(images)[0]), np.asarray(model(images)[0]))
+    with open(str(tmp_path / "zoo.decode.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(model.decode_config))
+    assert main(["convert", "--from", "darknet", "--cfg", cfg, "--out", out]) == 2
+    assert "--weights" in capsys.readouterr().err

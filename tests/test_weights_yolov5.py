@@ -145,3 +145,19 @@ def test_mismatched_checkpoints_name_the_tensor(torch_model):
         load_yolov5(extra, input_shape=INPUT_SHAPE)
     with pytest.raises(FileNotFoundError, match="checkpoint="):
         load_yolov5("/nonexistent/yolov5s.pt")
+
+
+def test_convert_command_from_npz(torch_model, keras_model, images, tmp_path, capsys):
+    """`python -m serving convert --from yolov5 --checkpoint x.npz --out x.keras`."""
+    import keras
+
+    from serving.__main__ import main
+
+    npz = export_yolov5_npz(torch_model, str(tmp_path / "n.npz"))
+    out = str(tmp_path / "n.keras")
+    assert main(["convert", "--from", "yolov5", "--checkpoint", npz, "--input-size",
+                 str(INPUT_SHAPE[0]), str(INPUT_SHAPE[1]), "--out", out, "--no-verify"]) == 0
+    assert "yolov5n" in capsys.readouterr().out
+    restored = keras.saving.load_model(out)
+    for got, want in zip(restored(images), keras_model(images)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
