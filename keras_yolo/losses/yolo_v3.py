@@ -275,16 +275,15 @@ class YoloV3Loss(keras.losses.Loss):
                             tf.square(t_wh - raw[..., 2:4]), -1))
             gate = 1.0
         else:
-            t_xy = tf.math.log(tf.clip_by_value(offset, OFFSET_EPSILON, 1.0 -
-                                                OFFSET_EPSILON))
-            t_xy = t_xy - tf.math.log(1.0 - tf.clip_by_value(
-                offset, OFFSET_EPSILON, 1.0 - OFFSET_EPSILON))
+            clipped = tf.clip_by_value(offset, OFFSET_EPSILON,
+                                       1.0 - OFFSET_EPSILON)
+            t_xy = tf.math.log(clipped) - tf.math.log1p(-clipped)  # logit
             per_slot = tf.reduce_sum(
                 tf.square(tf.concat([t_xy, t_wh], -1) - raw[..., 0:4]), -1)
             gate = self._gate(truth, pred, anchors, size * stride)
         box = tf.reduce_sum(pos * gate * weight * per_slot)
 
-        ignored = tf.cast(best_iou > self.ignore_thresh, tf.float32)
+        ignored = assign.ignore_mask(best_iou, self.ignore_thresh)
         obj_weight = pos + (1.0 - pos) * (1.0 - ignored)
         obj = tf.reduce_sum(obj_weight * _bce(pos, raw[..., 4]))
         cls = tf.reduce_sum(pos[..., None] * _bce(classes, raw[..., 5:]))
