@@ -39,8 +39,9 @@ SHIPPED = {
     "yolov3-tiny": (128, 96),
     "yolov2": (128, 96),
     "yolov3": (96, 64),
+    "yolov3-spp": (96, 64),
 }
-SLOW = {"yolov2", "yolov3"}
+SLOW = {"yolov2", "yolov3", "yolov3-spp"}
 
 
 def _resized_cfg(name, width, height, directory):
