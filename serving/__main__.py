@@ -10,9 +10,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from serving import convert  # noqa: E402
+from serving import convert, export, predict  # noqa: E402
 
-COMMANDS = [convert]
+COMMANDS = [export, predict, convert]
 
 
 def main(argv=None):

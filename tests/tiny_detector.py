@@ -98,3 +98,10 @@ class TinyDecode(keras.layers.Layer):
         return {"boxes": tf.concat([xy, wh], -1),
                 "objectness": tf.sigmoid(p[..., 4]),
                 "class_probs": tf.nn.softmax(p[..., 5:])}
+
+    def compute_output_spec(self, raw):
+        b, h, w, _, d = raw.shape
+        return {"boxes": keras.KerasTensor((b, h * w, 4), "float32"),
+                "objectness": keras.KerasTensor((b, h * w), "float32"),
+                "class_probs": keras.KerasTensor((b, h * w, d - 5),
+                                                 "float32")}
