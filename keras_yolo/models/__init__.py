@@ -2,6 +2,7 @@
 
 from keras_yolo.models.yolo_model import YoloModel
 from keras_yolo.models.builders import available_models, build, model_spec
+from keras_yolo.models.common import shapes_only
 from keras_yolo.models.flops import flops
 from keras_yolo.models.yolov1 import yolov1
 from keras_yolo.models.yolov2 import yolov2, yolov2_tiny

@@ -1,4 +1,6 @@
-"""Pieces every builder shares: the input, the detection head, the darknet conv settings."""
+"""Pieces every builder shares: the input, the detection head, the conv settings, `shapes_only`."""
+
+import contextlib
 
 import keras
 
@@ -33,3 +35,29 @@ def detection_head(x, num_anchors, num_classes, name):
     """1x1 convolution with bias to A*(5+C) channels, split to `(B, H, W, A, 5 + C)` (float32)."""
     x = keras.layers.Conv2D(num_anchors * (5 + num_classes), 1, use_bias=True, name=f"{name}_conv")(x)
     return AnchorSplit(num_anchors, name=name)(x)
+
+
+@contextlib.contextmanager
+def shapes_only():
+    """Builds models without initialising their weights: for parameter counts, shapes and FLOPs.
+
+    Inside, variables are created with their shapes but no values (Keras'
+    deferred initialisation), so building yolov1's 284M parameters takes under
+    a second; the models built here cannot run or train.
+
+    Example:
+        >>> with shapes_only():
+        ...     model = build("yolov4")
+        >>> model.count_params()
+        64429405
+    """
+    # Keras keeps deferred variables in a global list and initialises them when the
+    # next outermost StatelessScope closes; restore the list so they never are.
+    from keras.src.backend.common import global_state  # noqa: PLC0415 - no public handle on the list
+
+    before = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            yield
+    finally:
+        global_state.set_global_attribute("uninitialized_variables", before)

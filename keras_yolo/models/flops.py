@@ -11,6 +11,7 @@ import keras
 
 from keras_yolo.layers.conv_bn import ConvBNAct
 from keras_yolo.layers.sam import SpatialAttention
+from keras_yolo.models.common import shapes_only
 
 
 _COUNTED = (ConvBNAct, keras.layers.Conv2D, keras.layers.Dense, SpatialAttention)
@@ -52,7 +53,8 @@ def flops(model, input_shape):
         for layer_config in config["layers"]:
             if layer_config["class_name"] == "InputLayer":
                 layer_config["config"]["batch_shape"] = (None,) + input_shape
-        model = model.__class__.from_config(config)
+        with shapes_only():
+            model = model.__class__.from_config(config)
     total = 0
     for layer in model.layers:
         if not isinstance(layer, _COUNTED):

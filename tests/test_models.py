@@ -1,0 +1,377 @@
+"""The networks of every version: parameter counts against the references, shapes, FLOPs, training.
+
+Reference parameter counts, 80 classes:
+* darknet models: the number of float32 values darknet's `save_weights` writes for
+  the cfg (biases, BN scales, rolling means and variances, weights), measured with
+  Debian's libdarknet (pjreddie) on cfg/yolov1-tiny.cfg, yolov2.cfg, yolov2-tiny.cfg,
+  yolov3.cfg, yolov3-spp.cfg, yolov3-tiny.cfg and, for the cfgs libdarknet cannot
+  parse (mish, grouped routes), counted from AlexeyAB's cfg/yolov4.cfg and
+  cfg/yolov4-tiny.cfg (equal to their published .weights sizes: (257717640 - 20) / 4
+  and (24251276 - 20) / 4). yolov1 is cfg/yolov1.cfg with the paper's head (the
+  `[local]` layer replaced by `[connected] output=4096`, 2 boxes) and yolov1-tiny
+  cfg/yolov1-tiny.cfg, both with 80 classes (darknet's are VOC's 20). This equals
+  Keras' `count_params()` (BN moving statistics included).
+* yolov5: `sum(p.numel() for p in model.parameters())` of ultralytics' models
+  (yolov5{n,s,m,l,x}.yaml, v6.0+, printed by its model summary), which excludes BN
+  running statistics: Keras' trainable parameter count.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from keras_yolo import models
+from keras_yolo.layers import ConvBNAct
+from conftest import require_file
+
+DARKNET_PARAMETERS = {
+    "yolov1": 283_788_282,
+    "yolov1-tiny": 63_982_250,
+    "yolov2": 50_983_561,
+    "yolov2-tiny": 11_237_145,
+    "yolov3": 62_001_757,
+    "yolov3-spp": 63_052_381,
+    "yolov3-tiny": 8_858_734,
+    "yolov4": 64_429_405,
+    "yolov4-tiny": 6_062_814,
+}
+ULTRALYTICS_PARAMETERS = {
+    "yolov5n": 1_872_157,
+    "yolov5s": 7_235_389,
+    "yolov5m": 21_190_557,
+    "yolov5l": 46_563_709,
+    "yolov5x": 86_749_405,
+}
+# ultralytics' README table, GFLOPs at 640 (rounded to 0.1).
+YOLOV5_PUBLISHED_GFLOPS = {"yolov5n": 4.5, "yolov5s": 16.5, "yolov5m": 49.0, "yolov5l": 109.1, "yolov5x": 205.7}
+# 2 x multiply-accumulates of the cfg's [convolutional] / [connected] layers, computed from the cfgs
+# at the default size; libdarknet prints the same per layer ("BFLOPs"; yolov3 at 416 sums to 65.862).
+DARKNET_FLOPS = {
+    "yolov1": 40_594_391_040,
+    "yolov1-tiny": 3_289_789_440,
+    "yolov2": 29_464_168_448,
+    "yolov2-tiny": 5_406_442_496,
+    "yolov3": 65_864_075_264,
+    "yolov3-spp": 141_448_972_288,
+    "yolov3-tiny": 5_564_961_792,
+    "yolov4": 128_389_482_496,
+    "yolov4-tiny": 6_907_876_352,
+}
+LEVEL_STRIDES = {"yolov2": (32,), "yolov2-tiny": (32,), "yolov3": (8, 16, 32), "yolov3-spp": (8, 16, 32),
+                 "yolov3-tiny": (16, 32), "yolov4": (8, 16, 32), "yolov4-tiny": (16, 32),
+                 **{name: (8, 16, 32) for name in ULTRALYTICS_PARAMETERS}}
+ANCHORS = {"yolov2": 5, "yolov2-tiny": 5}
+
+
+@pytest.fixture(scope="module")
+def shape_models():
+    """Every model at 80 classes, without weight values (counts and shapes only): v1 at 448, others any size."""
+    built = {}
+    with models.shapes_only():
+        for name in models.available_models():
+            shape = (448, 448, 3) if name.startswith("yolov1") else (None, None, 3)
+            built[name] = models.build(name, num_classes=80, input_shape=shape)
+    return built
+
+
+def _trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def test_every_named_model_is_registered():
+    assert set(models.available_models()) == set(DARKNET_PARAMETERS) | set(ULTRALYTICS_PARAMETERS)
+
+
+@pytest.mark.parametrize("name", sorted(DARKNET_PARAMETERS))
+def test_darknet_models_have_the_cfgs_parameter_count(shape_models, name):
+    assert shape_models[name].count_params() == DARKNET_PARAMETERS[name]
+
+
+@pytest.mark.parametrize("name", sorted(ULTRALYTICS_PARAMETERS))
+def test_yolov5_models_have_ultralytics_parameter_count(shape_models, name):
+    model = shape_models[name]
+    assert _trainable(model) == ULTRALYTICS_PARAMETERS[name]
+    bn_statistics = sum(2 * layer.bn.gamma.shape[0] for layer in model.layers if isinstance(layer, ConvBNAct))
+    assert model.count_params() == ULTRALYTICS_PARAMETERS[name] + bn_statistics
+
+
+@pytest.mark.parametrize("name", sorted(LEVEL_STRIDES))
+@pytest.mark.parametrize("height, width", [(320, 320), (256, 416), (64, 96)])
+def test_outputs_are_levels_in_ascending_stride(shape_models, name, height, width):
+    outputs = shape_models[name](keras.KerasTensor((2, height, width, 3)))
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    assert [tuple(o.shape) for o in outputs] == [
+        (2, height // s, width // s, ANCHORS.get(name, 3), 85) for s in LEVEL_STRIDES[name]]
+
+
+def test_yolov1_output_is_s_by_s_by_boxes_times_5_plus_classes(shape_models):
+    assert shape_models["yolov1"].output_shape == (None, 7, 7, 2 * 5 + 80)
+    assert shape_models["yolov1-tiny"].output_shape == (None, 7, 7, 2 * 5 + 80)
+    with models.shapes_only():
+        voc = models.build("yolov1", num_classes=20, input_shape=(448, 448, 3), boxes_per_cell=3)
+    assert voc.output_shape == (None, 7, 7, 3 * 5 + 20)
+    # the paper's head: 7 x 7 x 1024 -> 4096 -> 7 x 7 x 30 dense layers
+    assert voc.get_layer("fc1").kernel.shape == (7 * 7 * 1024, 4096)
+    assert sum(isinstance(layer, ConvBNAct) for layer in voc.layers) == 24
+
+
+@pytest.mark.parametrize("name", sorted(YOLOV5_PUBLISHED_GFLOPS))
+def test_yolov5_flops_at_640_match_the_published_gflops(shape_models, name):
+    gflops = models.flops(shape_models[name], (640, 640, 3)) / 1e9
+    assert abs(gflops - YOLOV5_PUBLISHED_GFLOPS[name]) / YOLOV5_PUBLISHED_GFLOPS[name] < 0.01
+
+
+@pytest.mark.parametrize("name", sorted(DARKNET_FLOPS))
+def test_darknet_flops_equal_the_cfgs(shape_models, name):
+    size = models.model_spec(name)["input_shape"]
+    assert models.flops(shape_models[name], size) == DARKNET_FLOPS[name]
+
+
+def test_flops_scale_with_the_image_area(shape_models):
+    model = shape_models["yolov3-tiny"]
+    assert models.flops(model, (832, 832, 3)) == 4 * models.flops(model, (416, 416, 3))
+
+
+def test_darknet_layer_order_names_every_weighted_layer_once(shape_models):
+    for name in DARKNET_PARAMETERS:
+        model = shape_models[name]
+        weighted = [layer.name for layer in model.layers
+                    if isinstance(layer, (ConvBNAct, keras.layers.Conv2D, keras.layers.Dense))]
+        assert sorted(models.darknet_layer_names(name)) == sorted(weighted), name
+
+
+def test_bad_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="name must be one of"):
+        models.build("yolov6")
+    with pytest.raises(ValueError, match="multiples of 32"):
+        models.build("yolov3-tiny", input_shape=(100, 100, 3))
+    with pytest.raises(ValueError, match="multiples of 64"):
+        models.build("yolov1-tiny", input_shape=(None, None, 3))
+    with pytest.raises(ValueError, match="num_classes"):
+        models.build("yolov5n", num_classes=0)
+
+
+@pytest.fixture(scope="module")
+def yolov5n_small():
+    keras.utils.set_random_seed(0)
+    return models.build("yolov5n", num_classes=3, input_shape=(64, 64, 3))
+
+
+def test_yolov5_head_biases_start_at_ultralytics_priors(yolov5n_small):
+    for i, stride in enumerate((8, 16, 32)):
+        bias = yolov5n_small.get_layer(f"m24_m{i}_conv").bias.numpy().reshape(3, 8)
+        np.testing.assert_allclose(bias[:, 4], np.log(8 / (640 / stride) ** 2), rtol=1e-6)
+        np.testing.assert_allclose(bias[:, 5:], np.log(0.6 / (3 - 0.99)), rtol=1e-6)
+        np.testing.assert_array_equal(bias[:, :4], 0)
+
+
+def test_yolov4_bag_of_specials_options():
+    with models.shapes_only():
+        model = models.build("yolov4", input_shape=(None, None, 3), sam=True, dropblock_rate=0.1)
+    # a point-wise SAM (1x1 conv C -> C with BN) before each head: 256, 512, 1024 channels
+    sam = sum(c * c + 4 * c for c in (256, 512, 1024))
+    assert model.count_params() == DARKNET_PARAMETERS["yolov4"] + sam
+    assert sum("dropblock" in layer.name for layer in model.layers) == 3
+
+
+def test_summary_names_the_blocks(shape_models):
+    lines = []
+    shape_models["yolov5s"].summary(print_fn=lines.append, line_length=120)
+    text = "\n".join(lines)
+    for name in ("m0 (ConvBNAct)", "m2_m0_cv1 (ConvBNAct)", "m9_pool (SequentialMaxPool)", "m24_m2 (AnchorSplit)"):
+        assert name in text
+    assert "Total params: 7,254,397" in text
+
+
+def _tiny_batch(model_input, num_classes, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(size=(batch,) + model_input).astype("float32")
+    truth = {"boxes": rng.uniform(0.2, 0.6, size=(batch, 4, 4)).astype("float32"),
+             "labels": rng.integers(-1, num_classes, size=(batch, 4)).astype("int32")}
+    return images, truth
+
+
+def _squared_output_loss(y_true, y_pred):
+    """A stand-in objective reading the ground-truth dict and every level: mean square of the outputs
+    plus the mean box coordinate (so y_true flows through the same call shape as the YOLO losses)."""
+    levels = y_pred if isinstance(y_pred, (list, tuple)) else [y_pred]
+    return sum(keras.ops.mean(keras.ops.square(p)) for p in levels) + 0.0 * keras.ops.mean(y_true["boxes"])
+
+
+def _train_two_steps(model, input_shape, num_classes, jit_compile=False):
+    """Two SGD steps on one tiny batch; eager unless jit (graph tracing of a whole detector costs
+    tens of seconds on two cores, and eager runs the same gradients)."""
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss=_squared_output_loss,
+                  run_eagerly=not jit_compile, jit_compile=jit_compile)
+    images, truth = _tiny_batch(input_shape, num_classes)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    first = model.train_on_batch(images, truth)
+    second = model.train_on_batch(images, truth)
+    assert np.isfinite(first) and second < first
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+
+
+TRAIN_CASES = {"yolov1-tiny": (128, 128, 3), "yolov3-tiny": (64, 96, 3), "yolov4-tiny": (64, 64, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_CASES))
+def test_one_training_step_changes_every_weight_and_lowers_the_loss(name):
+    keras.utils.set_random_seed(0)
+    model = models.build(name, num_classes=2, input_shape=TRAIN_CASES[name])
+    _train_two_steps(model, TRAIN_CASES[name], 2)
+
+
+def test_one_xla_compiled_training_step():
+    keras.utils.set_random_seed(0)
+    model = models.build("yolov2-tiny", num_classes=2, input_shape=(64, 64, 3))
+    _train_two_steps(model, (64, 64, 3), 2, jit_compile=True)
+
+
+def test_one_training_step_of_yolov5n(yolov5n_small):
+    model = keras.models.clone_model(yolov5n_small)
+    model.set_weights(yolov5n_small.get_weights())
+    _train_two_steps(model, (64, 64, 3), 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["yolov1", "yolov2", "yolov3", "yolov3-spp", "yolov4", "yolov5s", "yolov5m",
+                                  "yolov5l", "yolov5x"])
+def test_one_training_step_of_the_full_size_models(name):
+    keras.utils.set_random_seed(0)
+    shape = (128, 128, 3) if name == "yolov1" else (64, 64, 3)
+    _train_two_steps(models.build(name, num_classes=2, input_shape=shape), shape, 2)
+
+
+def test_save_and_load_keras_format_gives_identical_outputs(tmp_path):
+    model = models.build("yolov3-tiny", num_classes=3, input_shape=(None, None, 3))
+    images, _ = _tiny_batch((64, 96, 3), 3)
+    path = os.path.join(tmp_path, "yolov3_tiny.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, models.YoloModel)
+    for a, b in zip(model.predict(images, verbose=0), loaded.predict(images, verbose=0)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_jit_compiled_forward_equals_eager():
+    model = models.build("yolov4-tiny", num_classes=3, input_shape=(96, 96, 3))
+    images, _ = _tiny_batch((96, 96, 3), 3)
+    eager = model(images, training=False)
+    compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)(tf.constant(images))
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_outputs_float32_close_to_float32(policy, yolov5n_small):
+    images, _ = _tiny_batch((64, 64, 3), 3)
+    reference = yolov5n_small
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        mixed = models.build("yolov5n", num_classes=3, input_shape=(64, 64, 3))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.set_weights(reference.get_weights())
+    assert mixed.get_layer("m2_cv1").conv.compute_dtype == policy.split("_")[1]
+    tolerance = 0.05 if policy == "mixed_float16" else 0.15
+    for a, b in zip(reference(images, training=False), mixed(images, training=False)):
+        assert b.dtype == "float32"
+        scale = np.abs(a.numpy()).max()
+        assert np.abs(b.numpy() - a.numpy()).max() < tolerance * scale
+
+
+# --- parity with darknet: the same random weights in libdarknet and in our model give the same heads.
+
+LIBDARKNET = "/usr/lib/darknet/libdarknet.so"
+DARKNET_CFG = "/usr/share/darknet/cfg"
+
+
+def _darknet_predict(cfg_text, weights_path, image_chw):
+    import ctypes  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    lib = ctypes.CDLL(require_file(LIBDARKNET, "(Debian package darknet)"))
+    lib.load_network.restype = ctypes.c_void_p
+    lib.load_network.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+    lib.network_predict.restype = ctypes.POINTER(ctypes.c_float)
+    lib.network_predict.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)]
+    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as handle:
+        handle.write(cfg_text)
+    net = lib.load_network(handle.name.encode(), weights_path.encode(), 0)
+    os.unlink(handle.name)
+    buffer = np.ascontiguousarray(image_chw, dtype=np.float32)
+    return lib.network_predict(net, buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+
+
+def _cfg_for_head(path, size, head_index):
+    """The cfg at `size`, batch 1, cut after the conv feeding the head_index-th [yolo]/[region] layer."""
+    text = open(require_file(path)).read()
+    sections = text.split("\n[")
+    kept, heads = [], 0
+    for section in sections:
+        if section.startswith(("yolo]", "region]")):
+            if heads == head_index:
+                break
+            heads += 1
+        kept.append(section)
+    cfg = "\n[".join(kept)
+    for key, value in (("batch", 1), ("subdivisions", 1), ("width", size), ("height", size)):
+        cfg = "\n".join(f"{key}={value}" if line.replace(" ", "").startswith(f"{key}=") else line
+                        for line in cfg.split("\n"))
+    return cfg
+
+
+def _write_random_darknet_weights(model, names, path, seed):
+    """Random weights in darknet's file layout, assigned to our layers by `darknet_layer_names` order."""
+    rng = np.random.default_rng(seed)
+    chunks = [np.array([0, 2, 0], "int32").tobytes(), np.array([0], "uint64").tobytes()]
+    for name in names:
+        layer = model.get_layer(name)
+        conv = layer.conv if isinstance(layer, ConvBNAct) else layer
+        k, _, c_in, n = conv.kernel.shape
+        kernel = rng.normal(0, np.sqrt(1.0 / (k * k * c_in)), size=(n, c_in, k, k)).astype("float32")
+        biases = rng.uniform(-0.1, 0.1, n).astype("float32")
+        chunks.append(biases.tobytes())
+        if isinstance(layer, ConvBNAct) and layer.bn is not None:
+            scales = rng.uniform(0.8, 1.2, n).astype("float32")
+            means = rng.uniform(-0.1, 0.1, n).astype("float32")
+            variances = rng.uniform(0.8, 1.2, n).astype("float32")
+            chunks += [scales.tobytes(), means.tobytes(), variances.tobytes()]
+            layer.bn.set_weights([scales, biases, means, variances])
+        else:
+            conv.bias.assign(biases)
+        chunks.append(kernel.tobytes())
+        conv.kernel.assign(np.transpose(kernel, (2, 3, 1, 0)))
+    with open(path, "wb") as handle:
+        handle.write(b"".join(chunks))
+
+
+# (model, cfg, size): Darknet-19's reorg, Darknet-53's FPN routes, SPP's concatenation order, tiny pools.
+DARKNET_PARITY = [("yolov2", "yolov2.cfg", 128), ("yolov2-tiny", "yolov2-tiny.cfg", 96),
+                  ("yolov3-spp", "yolov3-spp.cfg", 128), ("yolov3-tiny", "yolov3-tiny.cfg", 96)]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("name, cfg, size", DARKNET_PARITY, ids=[c[0] for c in DARKNET_PARITY])
+def test_raw_heads_equal_libdarknets_for_the_same_weights(tmp_path, name, cfg, size):
+    require_file(LIBDARKNET, "(Debian package darknet)")
+    kwargs = {"darknet_reorg": True} if name == "yolov2" else {}
+    model = models.build(name, num_classes=80, input_shape=(size, size, 3), **kwargs)
+    weights = os.path.join(tmp_path, "random.weights")
+    _write_random_darknet_weights(model, models.darknet_layer_names(name), weights, seed=1)
+    image = np.random.default_rng(2).uniform(size=(1, size, size, 3)).astype("float32")
+    ours = model(image, training=False)
+    ours = ours if isinstance(ours, (list, tuple)) else [ours]
+    # darknet's heads come in cfg order: stride 32 first.
+    for head, level in enumerate(reversed(ours)):
+        level = level.numpy()[0]
+        grid_h, grid_w, anchors, depth = level.shape
+        pointer = _darknet_predict(_cfg_for_head(os.path.join(DARKNET_CFG, cfg), size, head), weights,
+                                   np.transpose(image[0], (2, 0, 1)))
+        theirs = np.ctypeslib.as_array(pointer, shape=(anchors * depth * grid_h * grid_w,)).copy()
+        theirs = theirs.reshape(anchors, depth, grid_h, grid_w).transpose(2, 3, 0, 1)
+        # pjreddie normalises with (x - mean) / (sqrt(var) + 1e-6), Keras with sqrt(var + 1e-5)
+        np.testing.assert_allclose(level, theirs, rtol=2e-3, atol=2e-3 * np.abs(theirs).max())
