@@ -360,6 +360,26 @@ def test_32_bit_seen_header_reads_like_darknet(reference, zoo, workdir):
     _check_raw(reference, model, cfg, old, _images(model))
 
 
+def test_transposed_connected_weights_read_like_darknet(reference, workdir):
+    """major or minor > 1000: [connected] weights stored (inputs, outputs)."""
+    cfg = _write(DENSE_CFG, "dense_t.cfg", workdir)
+    weights, _ = _convert(reference, cfg, 5, workdir)
+    values = np.fromfile(weights, "<f4", offset=20).copy()
+    # layout of DENSE_CFG: conv 8 filters 5x5x3 with BN (8 + 3*8 + 600 floats), then
+    # connected 1152 -> 64 (+ BN), then connected 64 -> 52
+    start = 632 + 64
+    for inputs, outputs, after in ((1152, 64, 3 * 64 + 52), (64, 52, 0)):
+        block = values[start:start + inputs * outputs].reshape(outputs, inputs)
+        values[start:start + inputs * outputs] = block.T.reshape(-1)
+        start += inputs * outputs + after
+    transposed = os.path.join(workdir, "dense_t.weights")
+    with open(transposed, "wb") as f:
+        np.array([0, 1001, 0, 7], "<i4").tofile(f)  # minor > 1000: int32 seen, transposed
+        values.tofile(f)
+    model = load_darknet(cfg, transposed)
+    _check_raw(reference, model, cfg, transposed, _images(model))
+
+
 def test_weights_of_another_cfg_are_rejected(reference, zoo, workdir):
     cfg, weights, _ = zoo
     data = np.fromfile(weights, np.uint8)
@@ -546,7 +566,7 @@ def test_alexeyab_features_and_decode_config(tmp_path):
     assert config["scale_x_y"] == [1.05] and config["strides"] == [4.0]
     assert model.get_layer("bn_0").epsilon == darknet_import.ALEXEYAB_EPSILON
     images = np.random.default_rng(0).uniform(size=(1, 64, 64, 3)).astype("float32")
-    probe = keras.Model(model.inputs, [model.get_layer("swish_1").output,
+    probe = keras.Model(model.input, [model.get_layer("swish_1").output,
                                        model.get_layer("route_2_group_0").output,
                                        model.get_layer("route_4").output,
                                        model.get_layer("leaky_3").output])

@@ -64,6 +64,8 @@ PJREDDIE_KERAS_EPSILON = 1e-12
 ALEXEYAB_EPSILON = 1e-5
 # darknet's rolling statistics: rolling = .99 rolling + .01 batch.
 DARKNET_BN_MOMENTUM = 0.99
+# darknet's parser (string_to_layer_type) accepts these short section names.
+_ALIASES = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool", "conn": "connected"}
 # Options and values only AlexeyAB darknet understands.
 _ALEXEYAB_ACTIVATIONS = {"mish", "swish"}
 _ALEXEYAB_OPTIONS = {"scale_x_y", "groups", "group_id", "iou_loss", "new_coords",
@@ -77,7 +79,8 @@ def parse_cfg(cfg_path):
 
     Returns:
         `[{"type": "net", "width": "416", ...}, {"type": "convolutional", ...}]`,
-        values as strings, comments (`#`, `;`) and blank lines dropped.
+        values as strings, comments (`#`, `;`) and blank lines dropped, short
+        section names (`[conv]`, `[max]`, ...) spelled out.
     """
     sections = []
     with open(cfg_path) as f:
@@ -88,7 +91,8 @@ def parse_cfg(cfg_path):
             if line.startswith("["):
                 if not line.endswith("]"):
                     raise ValueError(f"{cfg_path}:{number}: bad section header {raw!r}")
-                sections.append({"type": line[1:-1].strip().lower()})
+                kind = line[1:-1].strip().lower()
+                sections.append({"type": _ALIASES.get(kind, kind)})
             elif "=" in line:
                 if not sections:
                     raise ValueError(f"{cfg_path}:{number}: option before any section")
@@ -201,6 +205,10 @@ class _Builder:
         if input_shape is None:
             input_shape = (_int(self.net, "height", 416), _int(self.net, "width", 416),
                            _int(self.net, "channels", 3))
+        if len(input_shape) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0
+                                            for v in input_shape):
+            raise ValueError(f"input_shape must be 3 positive ints (height, width, channels); "
+                             f"darknet networks have static shapes, got {input_shape!r}")
         self.input_shape = tuple(int(v) for v in input_shape)
         self.inputs = keras.Input(shape=self.input_shape, name="images")
         self.outputs = []       # darknet layer index -> Keras tensor
