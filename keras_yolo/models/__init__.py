@@ -10,3 +10,4 @@ from keras_yolo.models.yolov3 import darknet53, yolov3, yolov3_tiny
 from keras_yolo.models.yolov4 import cspdarknet53, yolov4, yolov4_tiny
 from keras_yolo.models.yolov5 import yolov5
 from keras_yolo.models.darknet_order import darknet_layer_names
+from keras_yolo.models.small_v4 import small_v4
