@@ -75,6 +75,9 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--darknet-compat", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--eval-train-images", type=int, default=256,
+                        help="also report mAP on this many training images")
     parser.add_argument("--output", help="write the JSON result here")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
@@ -88,7 +91,8 @@ def main(argv=None):
 
     parametrization = "linear" if args.darknet_compat else "logistic"
     model = small_v1(args.num_classes, args.grid_size, args.boxes_per_cell,
-                     input_size=args.image_size, parametrization=parametrization)
+                     input_size=args.image_size, dropout=args.dropout,
+                     parametrization=parametrization)
     loss = YoloV1Loss(args.num_classes, args.grid_size, args.boxes_per_cell,
                       bounding_box_format=FORMAT,
                       darknet_compat=args.darknet_compat)
@@ -109,12 +113,15 @@ def main(argv=None):
                           parametrization=parametrization)
     metrics = evaluate(model, decode, val.batch(64), args.image_size,
                        args.num_classes)
+    seen = evaluate(model, decode, train.take(args.eval_train_images).batch(64),
+                    args.image_size, args.num_classes)
     result = dict(
         settings=vars(args), data_seconds=round(data_seconds, 1),
         train_seconds=round(train_seconds, 1), steps=steps,
         final_loss=float(history.history["loss"][-1]),
         map50=metrics["map50"], map=metrics["map"],
-        mar_100=metrics["mar_100"], cpu_count=os.cpu_count())
+        mar_100=metrics["mar_100"], train_map50=seen["map50"],
+        cpu_count=os.cpu_count())
     line = json.dumps(result)
     print(line)
     if args.output:

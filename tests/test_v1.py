@@ -326,6 +326,24 @@ def test_decode_linear_is_darknets_get_detection_boxes():
                                        flat[i * c:(i + 1) * c])
 
 
+def test_decode_inverts_the_assignment_units():
+    # Raw outputs built from the targets (logit of offsets and sizes) decode
+    # back to the kept truth boxes: loss and decoding agree on units.
+    rng = np.random.default_rng(16)
+    boxes, labels, _ = random_case(rng, batch=2, s=4, nb=1, c=3, m=8)
+    t = assign.cell_targets(boxes, labels, 4, 3)
+    p = np.clip(t["boxes"].numpy(), 1e-4, 1 - 1e-4)
+    raw = np.concatenate([np.log(p / (1 - p)), np.zeros((2, 4, 4, 4))], -1)
+    out = YoloV1Decode(3, 4, 1)(tf.constant(raw, tf.float32))["boxes"].numpy()
+    for b in range(2):
+        for (row, col), _ in kept_objects(boxes[b], labels[b], 4).items():
+            first = next(m for m in range(8) if labels[b, m] >= 0
+                         and min(int(boxes[b, m, 0] * 4), 3) == col
+                         and min(int(boxes[b, m, 1] * 4), 3) == row)
+            np.testing.assert_allclose(out[b, row * 4 + col], boxes[b, first],
+                                       atol=1e-4)
+
+
 def test_darknet_layout_round_trip_and_positions():
     s, nb, c = 2, 3, 4
     raw = tf.reshape(tf.range(2 * s * s * (nb * 5 + c), dtype=tf.float32),
