@@ -210,12 +210,10 @@ def test_darknet_ignore_rule_needs_a_confident_class():
     raws = [r[:1] for r in raws]
     truths, labels = truths[:1, :1], labels[:1, :1]
     truth = truths[0, 0]
-    flat = [a for level in ANCHORS for a in level]
     mask = assign_v4.assign(truths, labels >= 0, ANCHORS, [(g, g) for g in GRIDS],
                             (IMAGE, IMAGE), 0.213)["mask"].numpy()[0, 0]
     level, anchor = [(l, a) for l in range(3) for a in range(3) if not mask[l, a]][0]
     j, i = plant(raws, truth, level, anchor)
-    del flat
     for class_logit, exempt in ((-4.0, False), (0.5, True)):
         raws[level][0, j, i, anchor, 5:] = class_logit
         obj = raws[level][0, j, i, anchor, 4]
@@ -312,6 +310,23 @@ def test_jit_compile_matches_eager(compat):
     for g, jg in zip(grads, jit_grads):
         np.testing.assert_allclose(jg, g, atol=1e-5)
     assert float(total) > 0
+
+
+def test_one_loss_serves_any_input_size():
+    """Multi-scale training: grid sizes are read from the tensors, also when
+    they are unknown while tracing."""
+    loss = v4_loss(darknet_compat=True)
+    spec = [tf.TensorSpec((None, None, None, 3, 5 + C), tf.float32)] * 3
+    y_spec = {"boxes": tf.TensorSpec((None, None, 4), tf.float32),
+              "labels": tf.TensorSpec((None, None), tf.int32)}
+    dynamic = tf.function(lambda y, p: loss(y, p), input_signature=[y_spec, spec])
+    for seed, scale in ((19, 1), (20, 2)):
+        raws, truths, labels = make_case(seed)
+        raws = [np.repeat(np.repeat(r, scale, 1), scale, 2) for r in raws]
+        y = {"boxes": truths, "labels": labels}
+        want = loss(y, [tf.constant(r, tf.float32) for r in raws])
+        np.testing.assert_allclose(float(dynamic(y, [tf.constant(r, tf.float32) for r in raws])),
+                                   float(want), rtol=1e-5)
 
 
 def test_components_sum_and_pixel_boxes():

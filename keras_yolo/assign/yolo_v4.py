@@ -83,8 +83,8 @@ def assign(boxes, valid, anchors, grid_shapes, image_shape, iou_thresh):
                                        [num_levels, num_anchors]], 0))
     cells = []
     for grid_h, grid_w in grid_shapes:  # levels: a static, tiny Python loop
-        col = tf.cast(tf.floor(boxes[..., 0] * grid_w), tf.int32)
-        row = tf.cast(tf.floor(boxes[..., 1] * grid_h), tf.int32)
+        col = tf.cast(tf.floor(boxes[..., 0] * tf.cast(grid_w, tf.float32)), tf.int32)
+        row = tf.cast(tf.floor(boxes[..., 1] * tf.cast(grid_h, tf.float32)), tf.int32)
         cells.append(tf.stack([tf.clip_by_value(row, 0, grid_h - 1),
                                tf.clip_by_value(col, 0, grid_w - 1)], -1))
     return {"mask": mask, "cells": tf.stack(cells, axis=2), "best": best}

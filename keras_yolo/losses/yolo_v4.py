@@ -47,6 +47,35 @@ Two departures of ours from yolo_layer.c in both modes: a truth whose centre
 sits exactly on the right/bottom edge (x = 1) goes to the last cell (darknet
 writes out of bounds), and padded rows are marked by label -1 (darknet stops
 at the first truth with x == 0).
+
+TF Model Garden's `DarknetLoss` (tf-models-official 2.20.0,
+`official/projects/yolo/losses/yolo_loss.py`, `ops/loss_utils.py`,
+`ops/box_ops.py`) is written to reproduce these gradients; with
+`objectness_smooth=0`, `box_type="original"`, `update_on_repeat=True` its
+objectness and class gradients equal yolo_layer.c's (tests/test_v4.py).
+Where it departs from yolo_layer.c:
+
+- Box gradient: autodiff of `1 − CIoU` (`compute_ciou(darknet=True)`) in
+  place of `dx_box_iou`: w, h get the true IoU derivative (darknet's is twice
+  it), the enclosing-box part of the distance term has the true sign
+  (darknet's the opposite), so x, y agree only while the predicted box lies
+  inside its truth; the aspect term matches (v is scaled by w² + h²).
+- `max_delta` clips each anchor's summed gradient after `iou_normalizer`,
+  the division by repeats and the batch mean, not each truth's delta before
+  the sum.
+- Truths sharing an anchor: the box loss is divided by the number of
+  distinct truth classes there (darknet: classes with a positive delta,
+  which label smoothing can raise); with `update_on_repeat=False`
+  (DarknetLoss's default) their class targets are averaged (0.5 / 0.5 for
+  two classes) where darknet sets each to 1, and `cls_normalizer` scales the
+  class loss.
+- The ignore search (`PairWiseSearch`) runs over tiles of 50 truths and
+  searches nothing with fewer than 100 truth rows (`M // 50 − 1` tiles), only
+  the first `(M // 50 − 1) · 50` above; `DarknetLoss` defaults to
+  `objectness_smooth=True` (darknet: off).
+- Assignment is not in the loss but in the data pipeline (`ops/anchor.py`),
+  and padded truth rows get scatter index −1, which eager CPU execution
+  rejects (XLA drops them).
 """
 
 import math
