@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import require_peer
-from keras_yolo.weights import export_yolov5_npz, load_yolov5, make_yolov5_decoder
+from keras_yolo.weights import export_yolov5_npz, load_yolov5, load_yolov5_weights, make_yolov5_decoder
 from keras_yolo.weights import yolov5 as yolov5_import
 
 pytestmark = pytest.mark.parity
@@ -108,21 +108,26 @@ def test_decoded_boxes_match_ultralytics_detect(keras_model, torch_outputs, imag
     _assert_close(out["class_probs"], expected[..., 5:], "class probabilities")
 
 
-def test_pt_checkpoint_state_dict_and_npz_load_the_same(reference, torch_model, keras_model,
-                                                        tmp_path):
+def _assert_same_state(got, want, rtol=0.0, what=""):
+    assert sorted(got) == sorted(want), what
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=rtol, atol=rtol and 1e-4,
+                                   err_msg=f"{what} {key}")
+
+
+def test_pt_checkpoint_state_dict_and_npz_read_the_same(reference, torch_model, tmp_path):
     torch = reference.torch
+    want = yolov5_import.state_dict_of(torch_model)
     checkpoint = str(tmp_path / "last.pt")
     # ultralytics' train.py layout (model object in half precision, ema None).
     torch.save({"epoch": -1, "model": copy.deepcopy(torch_model).half(), "ema": None}, checkpoint)
     state_dict = str(tmp_path / "state.pt")
     torch.save(torch_model.state_dict(), state_dict)
-    npz = export_yolov5_npz(state_dict, str(tmp_path / "state.npz"))  # reads the state-dict .pt
-    expected = keras_model.get_weights()
-    for source, atol in ((npz, 0.0), (checkpoint, 1e-2)):
-        weights = load_yolov5(source, input_shape=INPUT_SHAPE).get_weights()
-        for got, want in zip(weights, expected):
-            # half precision: about 3 significant digits
-            np.testing.assert_allclose(got, want, atol=atol, rtol=atol and 1e-3, err_msg=source)
+    npz = export_yolov5_npz(state_dict, str(tmp_path / "state.npz"))
+    _assert_same_state(yolov5_import.state_dict_of(state_dict), want, what="state-dict .pt")
+    _assert_same_state(yolov5_import.state_dict_of(npz), want, what=".npz")
+    # half precision keeps about 3 significant digits
+    _assert_same_state(yolov5_import.state_dict_of(checkpoint), want, rtol=1e-3, what="half .pt")
 
 
 @pytest.mark.parametrize("size, stem, blocks", [("n", 16, 1), ("s", 32, 1), ("m", 48, 2),
@@ -134,15 +139,18 @@ def test_size_is_read_from_the_shapes(size, stem, blocks):
     assert yolov5_import._size_of(state) == size
 
 
-def test_mismatched_checkpoints_name_the_tensor(torch_model):
+def test_mismatched_checkpoints_name_the_tensor_and_change_nothing(torch_model, keras_model):
     state = yolov5_import.state_dict_of(torch_model)
+    before = keras_model.get_weights()
     broken = dict(state)
     broken["model.4.m.1.cv2.conv.weight"] = broken["model.4.m.1.cv2.conv.weight"][:, :-1]
     with pytest.raises(ValueError, match=r"model\.4\.m\.1\.cv2\.conv\.weight"):
-        load_yolov5(broken, input_shape=INPUT_SHAPE)
+        load_yolov5_weights(keras_model, broken)
     extra = dict(state, **{"model.25.weight": np.zeros(1, np.float32)})
     with pytest.raises(ValueError, match="no place for"):
-        load_yolov5(extra, input_shape=INPUT_SHAPE)
+        load_yolov5_weights(keras_model, extra)
+    for got, want in zip(keras_model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
     with pytest.raises(FileNotFoundError, match="checkpoint="):
         load_yolov5("/nonexistent/yolov5s.pt")
 
@@ -161,3 +169,36 @@ def test_convert_command_from_npz(torch_model, keras_model, images, tmp_path, ca
     restored = keras.saving.load_model(out)
     for got, want in zip(restored(images), keras_model(images)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_repository_checkpoint_pickling_models_yolo_loads(reference, torch_model, tmp_path,
+                                                          monkeypatch):
+    """Release checkpoints (yolov5s.pt) pickle `models.yolo.DetectionModel`,
+    `models.common.Conv`, ...: the module paths of a yolov5 repository checkout."""
+    import sys
+
+    torch = reference.torch
+    classes = {type(m) for m in torch_model.modules()
+               if type(m).__module__.startswith("yolov5.")}
+    path = str(tmp_path / "release.pt")
+    with monkeypatch.context() as patch:
+        for cls in classes:
+            short = cls.__module__[len("yolov5."):]
+            patch.setattr(cls, "__module__", short)
+            patch.setitem(sys.modules, short, sys.modules[f"yolov5.{short}"])
+        torch.save({"model": torch_model, "ema": None}, path)
+    aliases = ("models", "models.yolo", "models.common", "models.experimental", "utils",
+               "utils.general")
+    for name in aliases:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    assert b"cmodels.yolo\nDetectionModel" in pickled  # pickle GLOBAL of the repository path
+    try:
+        got = yolov5_import.state_dict_of(path)
+    finally:
+        for name in aliases:
+            sys.modules.pop(name, None)
+    _assert_same_state(got, yolov5_import.state_dict_of(torch_model), what="release .pt")

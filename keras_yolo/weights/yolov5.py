@@ -173,23 +173,39 @@ def load_yolov5(checkpoint, input_shape=(640, 640, 3)):
         >>> model = load_yolov5("yolov5n.npz", input_shape=(320, 320, 3))
         >>> decode = make_yolov5_decoder(model.decode_config, "xyxy")
     """
-    import keras
-
     from keras_yolo.models import build
 
     state = state_dict_of(checkpoint)
     size = _size_of(state)
     config = decode_config_of(state, input_shape)
     model = build(f"yolov5{size}", num_classes=config["num_classes"], input_shape=tuple(input_shape))
+    load_yolov5_weights(model, state)
+    config["size"] = size
+    model.decode_config = config
+    return model
+
+
+def load_yolov5_weights(model, checkpoint):
+    """Copies a yolov5 checkpoint into a model built by `keras_yolo.models.build("yolov5?")`.
+
+    All shapes are checked before anything is assigned: on a mismatch the
+    model is left as it was and the error names the checkpoint tensor.
+    Returns the model.
+    """
+    import keras
+
+    state = checkpoint if isinstance(checkpoint, dict) and all(
+        isinstance(v, np.ndarray) for v in checkpoint.values()) else state_dict_of(checkpoint)
     used = {f"model.{HEAD_INDEX}.anchors"}
+    assignments = []
 
     def take(key, shape):
         if key not in state:
-            raise ValueError(f"checkpoint has no {key!r} (needed by the yolov5{size} model)")
+            raise ValueError(f"checkpoint has no {key!r} (needed by model {model.name!r})")
         value = state[key]
         if value.shape != tuple(shape):
-            raise ValueError(f"checkpoint {key!r} has shape {value.shape}, the yolov5{size} "
-                             f"model needs {tuple(shape)}")
+            raise ValueError(f"checkpoint {key!r} has shape {value.shape}, model {model.name!r} "
+                             f"needs {tuple(shape)}")
         used.add(key)
         return value
 
@@ -197,25 +213,25 @@ def load_yolov5(checkpoint, input_shape=(640, 640, 3)):
         if hasattr(layer, "conv") and hasattr(layer, "bn") and isinstance(layer.conv, keras.layers.Conv2D):
             prefix = _torch_prefix(layer.name)
             kh, kw, cin, cout = layer.conv.kernel.shape
-            kernel = take(f"{prefix}.conv.weight", (cout, cin, kh, kw)).transpose(2, 3, 1, 0)
-            weights = [kernel]
+            weights = [take(f"{prefix}.conv.weight", (cout, cin, kh, kw)).transpose(2, 3, 1, 0)]
             if layer.conv.use_bias:
                 weights.append(take(f"{prefix}.conv.bias", (cout,)))
-            layer.conv.set_weights(weights)
+            assignments.append((layer.conv, weights))
             if layer.bn is not None:
-                layer.bn.set_weights([take(f"{prefix}.bn.{name}", (cout,)) for name in
-                                      ("weight", "bias", "running_mean", "running_var")])
+                assignments.append((layer.bn, [take(f"{prefix}.bn.{name}", (cout,)) for name in
+                                               ("weight", "bias", "running_mean", "running_var")]))
         elif isinstance(layer, keras.layers.Conv2D) and layer.name.startswith(f"m{HEAD_INDEX}_"):
             prefix = _torch_prefix(layer.name[: -len("_conv")])
             kh, kw, cin, cout = layer.kernel.shape
-            layer.set_weights([take(f"{prefix}.weight", (cout, cin, kh, kw)).transpose(2, 3, 1, 0),
-                               take(f"{prefix}.bias", (cout,))])
+            assignments.append((layer, [
+                take(f"{prefix}.weight", (cout, cin, kh, kw)).transpose(2, 3, 1, 0),
+                take(f"{prefix}.bias", (cout,))]))
     left = sorted(set(state) - used)
     if left:
-        raise ValueError(f"checkpoint tensors the yolov5{size} model has no place for: {left[:8]}"
+        raise ValueError(f"checkpoint tensors model {model.name!r} has no place for: {left[:8]}"
                          f"{' ...' if len(left) > 8 else ''}")
-    config["size"] = size
-    model.decode_config = config
+    for layer, weights in assignments:
+        layer.set_weights(weights)
     return model
 
 
