@@ -31,6 +31,15 @@ Batch normalization at inference: pjreddie darknet computes
 Keras computes (x - mean) / sqrt(var' + eps); the loader sets eps and var' so
 both are reproduced exactly (`flavor`).
 
+Not supported (a clear NotImplementedError names the layer and option):
+[softmax], [cost], [crop], [batchnorm], [deconvolutional], recurrent layers,
+[sam], [scale_channels], [reorg3d], [gaussian_yolo]; binary/xnor, dilated,
+deformable or antialiased convolutions; stride_x != stride_y; maxpool_depth;
+weighted or multi-source [shortcut] and shortcuts between different shapes;
+reverse / flatten / extra [reorg]; downsampling [upsample] (stride < 0);
+[region] softmax trees (yolo9000); [yolo] new_coords=1 (Scaled-YOLOv4); cfgs
+mixing head kinds. Input sizes are static (re-convert for another size).
+
 Example:
     >>> model = load_darknet("yolov3.cfg", "yolov3.weights")
     >>> p3, p4, p5 = model(images)      # images (B, 416, 416, 3) RGB in [0, 1]
