@@ -27,7 +27,9 @@ with weights, in cfg order, float32:
   [local]:         biases[n][oh][ow], weights[oh*ow][n][c][size][size]
 
 Batch normalization at inference: pjreddie darknet computes
-(x - mean) / (sqrt(var) + 1e-6), AlexeyAB darknet (x - mean) / sqrt(var + 1e-5).
+(x - mean) / (sqrt(var) + 1e-6) (CPU and GPU), AlexeyAB darknet's CUDA/cuDNN
+path (x - mean) / sqrt(var + 1e-5) (its CPU path keeps pjreddie's formula; the
+two differ noticeably only for channels with rolling variance below ~1e-3).
 Keras computes (x - mean) / sqrt(var' + eps); the loader sets eps and var' so
 both are reproduced exactly (`flavor`).
 
