@@ -144,6 +144,9 @@ def _torch_prefix(keras_name):
 
 def decode_config_of(state, input_shape=(640, 640, 3)):
     """Anchors (input pixels, ascending stride), strides and classes of a yolov5 state dict."""
+    if f"model.{HEAD_INDEX}.anchors" not in state:
+        raise ValueError(f"no Detect head at model.{HEAD_INDEX}: only the P3-P5 yolov5 n/s/m/l/x "
+                         "v6.0+ detection models are supported (not P6 *6 models)")
     head = state[f"model.{HEAD_INDEX}.m.0.weight"]
     anchors_cells = state[f"model.{HEAD_INDEX}.anchors"]
     num_anchors = anchors_cells.shape[1]
