@@ -146,6 +146,49 @@ def test_decode_pixel_format_and_config_round_trip():
     assert clone.get_config() == layer.get_config()
 
 
+# --- box.c's dx_box_iou against true derivatives (hand relations) -------------------
+def _numeric(f, x, k, h=1e-7):
+    plus, minus = list(x), list(x)
+    plus[k] += h
+    minus[k] -= h
+    return (f(plus) - f(minus)) / (2 * h)
+
+
+def test_dx_box_iou_relations_to_the_true_ciou_derivative():
+    """Inside the truth: dx, dy are dCIoU/d(x, y); dw is twice dIoU/dw plus the
+    aspect term times (w² + h²). Sticking out on the right: the enclosing-box
+    part of dx has the opposite sign, dx = dCIoU/dx - 4 C_w rho² / c^4."""
+    from keras_yolo.losses.yolo_v4 import darknet_dx_box_iou
+
+    truth = [0.5, 0.45, 0.4, 0.3]
+
+    def aspect(b):
+        return 4 / math.pi**2 * (math.atan(truth[2] / truth[3]) - math.atan(b[2] / b[3])) ** 2
+
+    def ciou_fixed_alpha(b, alpha):
+        return ref.ciou(b, truth, "diou")[0] - alpha * aspect(b)
+
+    for pred, inside in (([0.52, 0.44, 0.2, 0.22], True), ([0.62, 0.46, 0.3, 0.2], False)):
+        got = darknet_dx_box_iou(tf.constant([pred], tf.float64), tf.constant([truth], tf.float64),
+                                 "ciou").numpy()[0]
+        _, alpha = ref.ciou(pred, truth, "ciou")
+        dx = _numeric(lambda b: ciou_fixed_alpha(b, alpha), pred, 0)
+        dy = _numeric(lambda b: ciou_fixed_alpha(b, alpha), pred, 1)
+        diou_dw = _numeric(lambda b: ref.ciou(b, truth, "iou")[0], pred, 2)
+        dv_dw = _numeric(aspect, pred, 2)
+        want_dw = 2 * diou_dw - (pred[2] ** 2 + pred[3] ** 2) * alpha * dv_dw
+        if inside:
+            np.testing.assert_allclose(got[:3], [dx, dy, want_dw], rtol=1e-5, atol=1e-8)
+        else:
+            left = min(pred[0] - pred[2] / 2, truth[0] - truth[2] / 2)
+            right = max(pred[0] + pred[2] / 2, truth[0] + truth[2] / 2)
+            top = min(pred[1] - pred[3] / 2, truth[1] - truth[3] / 2)
+            bottom = max(pred[1] + pred[3] / 2, truth[1] + truth[3] / 2)
+            cw, c2 = right - left, (right - left) ** 2 + (bottom - top) ** 2
+            rho2 = (pred[0] - truth[0]) ** 2 + (pred[1] - truth[1]) ** 2
+            np.testing.assert_allclose(got[0], dx - 4 * cw * rho2 / c2**2, rtol=1e-5, atol=1e-8)
+
+
 # --- darknet_compat: -dL/draw == delta / B -----------------------------------------
 @pytest.mark.parametrize("iou_loss", ["ciou", "diou", "giou", "iou"])
 def test_darknet_gradient_is_yolo_layer_delta_over_batch(iou_loss):
