@@ -8,9 +8,9 @@ and the anchors from `model.24.anchors` (ultralytics keeps them in grid cells
 of each level, after autoanchor; here they become input pixels), builds the
 Keras model and copies every tensor:
 
-    model.{i}[.cv1|.m.{j}.cv2|...].conv.weight  (O, I, kh, kw) -> `m{i}[_cv1|_m{j}_cv2|...]` kernel (kh, kw, I, O)
-    ....bn.weight / bias / running_mean / running_var         -> gamma / beta / moving_mean / moving_variance
-    model.24.m.{l}.weight, .bias                              -> `m24_m{l}_conv`
+    model.{i}[.m.{j}].cv1.conv.weight (O, I, kh, kw) -> `m{i}[_m{j}]_cv1` kernel (kh, kw, I, O)
+    ....bn.weight, bias, running_mean, running_var -> gamma, beta, moving_mean, moving_variance
+    model.24.m.{l}.weight, .bias                   -> `m24_m{l}_conv` kernel, bias
 
 Only `torch` is needed for `.pt` files (plus the `yolov5` package when the
 checkpoint pickles the model object); `.npz` needs numpy only.
