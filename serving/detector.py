@@ -50,6 +50,19 @@ def make_decode_layer(decode_config, bounding_box_format="xyxy"):
     """The decode layer of a version's raw outputs (`decode_config` as in
     the module docstring)."""
     version = decode_config.get("version")
+    if version == "v1" and decode_config.get("parametrization"):
+        from keras_yolo.layers import YoloV1Decode
+
+        height, width = decode_config["input_shape"][:2]
+        return YoloV1Decode(
+            num_classes=decode_config["num_classes"],
+            grid_size=decode_config["grid_size"],
+            boxes_per_cell=decode_config["boxes_per_cell"],
+            bounding_box_format=bounding_box_format,
+            image_shape=(height, width),
+            parametrization=decode_config["parametrization"],
+            sqrt=decode_config.get("sqrt"),
+            softmax=decode_config.get("softmax"))
     if version == "v5":
         from keras_yolo.weights import make_yolov5_decoder
 
