@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from keras_yolo import models
 from keras_yolo.layers import ConvBNAct
-from conftest import require_file
+from conftest import require_file, require_peer
 
 DARKNET_PARAMETERS = {
     "yolov1": 283_788_282,
@@ -133,6 +133,8 @@ def test_darknet_flops_equal_the_cfgs(shape_models, name):
 def test_flops_scale_with_the_image_area(shape_models):
     model = shape_models["yolov3-tiny"]
     assert models.flops(model, (832, 832, 3)) == 4 * models.flops(model, (416, 416, 3))
+    with pytest.raises(ValueError, match="input_shape must be"):
+        models.flops(shape_models["yolov1"], (512, 512, 3))
 
 
 def test_darknet_layer_order_names_every_weighted_layer_once(shape_models):
@@ -224,6 +226,7 @@ def test_one_training_step_changes_every_weight_and_lowers_the_loss(name):
     _train_two_steps(model, TRAIN_CASES[name], 2)
 
 
+@pytest.mark.slow
 def test_one_xla_compiled_training_step():
     keras.utils.set_random_seed(0)
     model = models.build("yolov2-tiny", num_classes=2, input_shape=(64, 64, 3))
@@ -257,8 +260,8 @@ def test_save_and_load_keras_format_gives_identical_outputs(tmp_path):
 
 
 def test_jit_compiled_forward_equals_eager():
-    model = models.build("yolov4-tiny", num_classes=3, input_shape=(96, 96, 3))
-    images, _ = _tiny_batch((96, 96, 3), 3)
+    model = models.build("yolov4-tiny", num_classes=3, input_shape=(64, 64, 3))
+    images, _ = _tiny_batch((64, 64, 3), 3)
     eager = model(images, training=False)
     compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)(tf.constant(images))
     for a, b in zip(eager, compiled):
@@ -350,8 +353,8 @@ def _write_random_darknet_weights(model, names, path, seed):
 
 
 # (model, cfg, size): Darknet-19's reorg, Darknet-53's FPN routes, SPP's concatenation order, tiny pools.
-DARKNET_PARITY = [("yolov2", "yolov2.cfg", 128), ("yolov2-tiny", "yolov2-tiny.cfg", 96),
-                  ("yolov3-spp", "yolov3-spp.cfg", 128), ("yolov3-tiny", "yolov3-tiny.cfg", 96)]
+DARKNET_PARITY = [("yolov2", "yolov2.cfg", 64), ("yolov2-tiny", "yolov2-tiny.cfg", 96),
+                  ("yolov3-spp", "yolov3-spp.cfg", 64), ("yolov3-tiny", "yolov3-tiny.cfg", 96)]
 
 
 @pytest.mark.parity
@@ -375,3 +378,73 @@ def test_raw_heads_equal_libdarknets_for_the_same_weights(tmp_path, name, cfg, s
         theirs = theirs.reshape(anchors, depth, grid_h, grid_w).transpose(2, 3, 0, 1)
         # pjreddie normalises with (x - mean) / (sqrt(var) + 1e-6), Keras with sqrt(var + 1e-5)
         np.testing.assert_allclose(level, theirs, rtol=2e-3, atol=2e-3 * np.abs(theirs).max())
+
+
+# --- parity with ultralytics yolov5 7.0.14: its models/*.yaml, the same weights, the same raw levels.
+
+def _ultralytics_module_path(keras_name):
+    """`m2_m0_cv1` -> `model.2.m.0.cv1`; the head's `m24_m1_conv` -> `model.24.m.1`."""
+    parts = keras_name.split("_")
+    path = ["model", parts[0][1:]]
+    for part in parts[1:]:
+        if part[0] == "m" and part[1:].isdigit():
+            path += ["m", part[1:]]
+        elif part != "conv":
+            path.append(part)
+    return ".".join(path)
+
+
+def _ultralytics_model(size, num_classes=80):
+    harness = require_peer("yolov5_reference", "(.ci/install_parity installs torch and yolov5)")
+    try:
+        reference = harness.load()
+    except ImportError as error:
+        require_peer("yolov5", f"({error})")
+        raise
+    import yolov5  # noqa: PLC0415 - loaded by the harness above
+
+    reference.torch.manual_seed(0)
+    yaml = os.path.join(os.path.dirname(yolov5.__file__), "models", f"yolov5{size}.yaml")
+    return reference.torch, reference.yolo.Model(yaml, ch=3, nc=num_classes)
+
+
+@pytest.mark.parity
+def test_yolov5n_equals_ultralytics_for_the_same_weights():
+    torch, reference = _ultralytics_model("n")
+    assert sum(p.numel() for p in reference.parameters()) == ULTRALYTICS_PARAMETERS["yolov5n"]
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.2, 0.2, generator=generator)
+                module.running_mean.uniform_(-0.2, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+    modules = dict(reference.named_modules())
+    model = models.build("yolov5n", num_classes=80, input_shape=(64, 96, 3))
+    for layer in model.layers:
+        if isinstance(layer, ConvBNAct):
+            source = modules[_ultralytics_module_path(layer.name)]
+            layer.conv.kernel.assign(source.conv.weight.detach().numpy().transpose(2, 3, 1, 0))
+            layer.bn.set_weights([source.bn.weight.detach().numpy(), source.bn.bias.detach().numpy(),
+                                  source.bn.running_mean.numpy(), source.bn.running_var.numpy()])
+        elif isinstance(layer, keras.layers.Conv2D):
+            source = modules[_ultralytics_module_path(layer.name)]
+            layer.set_weights([source.weight.detach().numpy().transpose(2, 3, 1, 0), source.bias.detach().numpy()])
+    images = np.random.default_rng(3).uniform(size=(2, 64, 96, 3)).astype("float32")
+    reference.eval()
+    reference.model[-1].training = True   # Detect returns the raw levels (B, A, H, W, 5 + C)
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    ours = model(images, training=False)
+    for level, their_level in zip(ours, theirs):
+        their_level = their_level.numpy().transpose(0, 2, 3, 1, 4)
+        np.testing.assert_allclose(level.numpy(), their_level, rtol=1e-4, atol=1e-4 * np.abs(their_level).max())
+
+
+@pytest.mark.parity
+@pytest.mark.slow
+@pytest.mark.parametrize("size", "smlx")
+def test_yolov5_parameter_counts_equal_ultralytics_yaml_models(shape_models, size):
+    _, reference = _ultralytics_model(size)
+    assert sum(p.numel() for p in reference.parameters()) == _trainable(shape_models[f"yolov5{size}"])

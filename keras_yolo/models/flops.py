@@ -11,7 +11,6 @@ import keras
 
 from keras_yolo.layers.conv_bn import ConvBNAct
 from keras_yolo.layers.sam import SpatialAttention
-from keras_yolo.models.common import shapes_only
 
 
 _COUNTED = (ConvBNAct, keras.layers.Conv2D, keras.layers.Dense, SpatialAttention)
@@ -41,23 +40,28 @@ def _layer_flops(layer, input_shape, output_shape):
 def flops(model, input_shape):
     """FLOPs of `model` for one image of `input_shape` `(H, W, 3)`.
 
-    A model built for another (or a dynamic) size is rebuilt from its config at
-    `input_shape` to read the feature-map sizes; weights do not matter.
+    The graph is traced symbolically at `input_shape` (no weights are touched),
+    so a model built for any size (or for `(None, None, 3)`) reports the FLOPs of
+    any other size its layers accept; models with dense layers (YOLOv1) only at
+    their own size.
 
     Example:
         >>> flops(build("yolov5s"), (640, 640, 3)) / 1e9   # about 16.5 GFLOPs
     """
     input_shape = tuple(int(s) for s in input_shape)
-    if tuple(model.input_shape[1:]) != input_shape:
-        config = model.get_config()
-        for layer_config in config["layers"]:
-            if layer_config["class_name"] == "InputLayer":
-                layer_config["config"]["batch_shape"] = (None,) + input_shape
-        with shapes_only():
-            model = model.__class__.from_config(config)
+    built_shape = tuple(model.input_shape[1:])
+    has_dense = any(isinstance(layer, keras.layers.Dense) for layer in model.layers)
+    if has_dense and built_shape != input_shape:
+        raise ValueError(f"input_shape must be {built_shape} for a model with dense layers, got {input_shape}")
     total = 0
-    for layer in model.layers:
-        if not isinstance(layer, _COUNTED):
-            continue
-        total += _layer_flops(layer, layer.input.shape, layer.output.shape)
+
+    def trace(operation, *args, **kwargs):
+        nonlocal total
+        outputs = operation.compute_output_spec(*args, **kwargs)
+        if isinstance(operation, _COUNTED):
+            total += _layer_flops(operation, args[0].shape, outputs.shape)
+        return outputs
+
+    # Functional models run their graph with a per-layer hook; Keras has no public one.
+    model._run_through_graph([keras.KerasTensor((1,) + input_shape)], call_fn=trace)
     return int(total)
