@@ -294,3 +294,24 @@ def test_blocks_run_under_xla_and_round_trip(make):
     np.testing.assert_allclose(compiled(x).numpy(), eager, rtol=1e-5, atol=1e-5)
     clone = _roundtrip(layer)
     assert clone.compute_output_shape((2, 8, 8, 8)) == layer.compute_output_shape((2, 8, 8, 8))
+
+
+def test_pan_aggregates_top_down_then_bottom_up():
+    inputs = [keras.Input((16, 16, 8)), keras.Input((8, 8, 16)), keras.Input((4, 4, 32))]
+
+    def block(x, filters, name):
+        return layers.ConvBNAct(filters, 1, name=f"{name}_cv")(x)
+
+    outputs = layers.apply_pan(inputs, (8, 16, 32), block, name="pan")
+    model = keras.Model(inputs, outputs)
+    assert [tuple(o.shape) for o in model.outputs] == [(None, 16, 16, 8), (None, 8, 8, 16), (None, 4, 4, 32)]
+    conv = lambda cin, cout, k: cin * cout * k * k + 4 * cout  # noqa: E731 - conv + BN
+    top_down = (conv(32, 16, 1) + conv(16, 16, 1) + conv(32, 16, 1)      # reduce T2, lateral C1, block
+                + conv(16, 8, 1) + conv(8, 8, 1) + conv(16, 8, 1))       # reduce T1, lateral C0, block
+    bottom_up = (conv(8, 16, 3) + conv(32, 16, 1)                        # down N0, block(concat(down, T1))
+                 + conv(16, 32, 3) + conv(64, 32, 1))                    # down N1, block(concat(down, T2))
+    assert model.count_params() == top_down + bottom_up
+    # the deepest level reaches N2 only through the path; the finest reaches N2 through two downsamplings
+    assert model.get_layer("pan_bu32_concat").input[1] is model.inputs[2]
+    with pytest.raises(ValueError, match="same length"):
+        layers.apply_pan(inputs[:2], (8, 16, 32), block)

@@ -16,3 +16,4 @@ from keras_yolo.layers.reorg import Reorg
 from keras_yolo.layers.sam import SpatialAttention
 from keras_yolo.layers.spp import SequentialMaxPool, SpatialPyramidPooling, apply_sppf
 from keras_yolo.layers.weighted_residual import WeightedResidual
+from keras_yolo.layers.pan import apply_pan

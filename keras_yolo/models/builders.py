@@ -37,7 +37,7 @@ _SPECS = {
     "yolov2": (yolov2, (416, 416, 3), (32,), default_anchors.YOLOV2_COCO_ANCHORS),
     "yolov2-tiny": (yolov2_tiny, (416, 416, 3), (32,), default_anchors.YOLOV2_COCO_ANCHORS),
     "yolov3": (yolov3, (416, 416, 3), (8, 16, 32), default_anchors.YOLOV3_ANCHORS),
-    "yolov3-spp": (functools.partial(yolov3, spp=True, name="yolov3_spp"), (608, 608, 3), (8, 16, 32),
+    "yolov3-spp": (functools.partial(yolov3, spp=True), (608, 608, 3), (8, 16, 32),
                    default_anchors.YOLOV3_ANCHORS),
     "yolov3-tiny": (yolov3_tiny, (416, 416, 3), (16, 32), YOLOV3_TINY_ANCHORS),
     "yolov4": (yolov4, (608, 608, 3), (8, 16, 32), default_anchors.YOLOV4_ANCHORS),
@@ -45,7 +45,7 @@ _SPECS = {
 }
 for _size, (_depth, _width) in YOLOV5_MULTIPLES.items():
     _SPECS[f"yolov5{_size}"] = (
-        functools.partial(yolov5, depth_multiple=_depth, width_multiple=_width, name=f"yolov5{_size}"),
+        functools.partial(yolov5, depth_multiple=_depth, width_multiple=_width),
         (640, 640, 3), (8, 16, 32), default_anchors.YOLOV5_ANCHORS)
 
 
@@ -80,6 +80,7 @@ def build(name, num_classes=80, input_shape=None, **kwargs):
         [(None, 80, 80, 3, 85), (None, 40, 40, 3, 85), (None, 20, 20, 3, 85)]
     """
     builder, default_shape, _, _ = _SPECS[_check_name(name)]
+    kwargs.setdefault("name", name.replace("-", "_"))
     return builder(num_classes=num_classes, input_shape=tuple(input_shape or default_shape), **kwargs)
 
 

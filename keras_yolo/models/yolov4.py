@@ -18,6 +18,7 @@ import keras
 from keras_yolo.layers.conv_bn import ConvBNAct
 from keras_yolo.layers.csp import apply_csp_stage, apply_tiny_csp_block
 from keras_yolo.layers.dropblock import DropBlock
+from keras_yolo.layers.pan import apply_pan
 from keras_yolo.layers.sam import SpatialAttention
 from keras_yolo.layers.spp import SpatialPyramidPooling
 from keras_yolo.models.common import DARKNET_CONV, check_num_classes, detection_head, image_input
@@ -68,27 +69,10 @@ def yolov4(num_classes=80, input_shape=(608, 608, 3), sam=False, dropblock_rate=
     x = ConvBNAct(512, 1, name="neck_spp_cv4", **DARKNET_CONV)(x)
     x = ConvBNAct(1024, 3, name="neck_spp_cv5", **DARKNET_CONV)(x)
     n5 = ConvBNAct(512, 1, name="neck_spp_cv6", **DARKNET_CONV)(x)
-    # PAN top-down: P5 -> P4 -> P3.
-    n4, n3 = None, None
-    x = n5
-    for stride, skip, filters in ((16, c4, 256), (8, c3, 128)):
-        up = ConvBNAct(filters, 1, name=f"neck_td{stride}_reduce", **DARKNET_CONV)(x)
-        up = keras.layers.UpSampling2D(2, name=f"neck_td{stride}_upsample")(up)
-        lateral = ConvBNAct(filters, 1, name=f"neck_td{stride}_lateral", **DARKNET_CONV)(skip)
-        x = keras.layers.Concatenate(name=f"neck_td{stride}_concat")([lateral, up])
-        x = _conv_set(x, filters, name=f"neck_td{stride}")
-        if stride == 16:
-            n4 = x
-        else:
-            n3 = x
-    # Heads with the PAN bottom-up path: P3 -> P4 -> P5.
+    n3, n4, n5 = apply_pan([c3, c4, n5], (128, 256, 512), _conv_set, strides=(8, 16, 32), name="neck",
+                           **DARKNET_CONV)
     outputs = []
-    x = n3
-    for stride, skip, filters in ((8, None, 128), (16, n4, 256), (32, n5, 512)):
-        if skip is not None:
-            down = ConvBNAct(filters, 3, strides=2, name=f"neck_bu{stride}_down", **DARKNET_CONV)(x)
-            x = keras.layers.Concatenate(name=f"neck_bu{stride}_concat")([down, skip])
-            x = _conv_set(x, filters, name=f"neck_bu{stride}")
+    for stride, x, filters in ((8, n3, 128), (16, n4, 256), (32, n5, 512)):
         y = ConvBNAct(filters * 2, 3, name=f"head_p{stride}_conv", **DARKNET_CONV)(x)
         if sam:
             y = SpatialAttention("pointwise", name=f"head_p{stride}_sam")(y)
