@@ -1,0 +1,141 @@
+"""Trains the small YOLOv2-style model on the shapes dataset and reports mAP@0.5.
+
+    .venv/bin/python benchmarks/train_v2_shapes.py            # a few minutes on 2 idle cores
+    .venv/bin/python benchmarks/train_v2_shapes.py --darknet-compat
+    .venv/bin/python benchmarks/train_v2_shapes.py --epochs 2 --train-images 128   # smoke run
+
+Anchors are YOLOv2's dimension clusters (`keras_yolo.anchors.kmeans_anchors`,
+k = 5) of the training boxes in pixels. `model.fit` with `YoloV2Loss` (the
+seed's objective; `--darknet-compat` trains darknet's `[region]` variant,
+whose anchor prior term is on for the first 12800 images) on
+`keras_yolo.data.shapes` with horizontal flips, then `YoloV2Decode`,
+`keras_yolo.postprocess.non_max_suppression` and COCO mAP
+(`keras_yolo.metrics.coco_map`) on held-out images of another seed. Prints
+one JSON line with the settings, the wall time and the metrics, and writes
+it to `--output` when given.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_yolo import anchors as anchor_ops  # noqa: E402
+from keras_yolo.data import shapes  # noqa: E402
+from keras_yolo.layers import YoloV2Decode  # noqa: E402
+from keras_yolo.losses import YoloV2Loss  # noqa: E402
+from keras_yolo.metrics import coco_map  # noqa: E402
+from keras_yolo.models.small_v2 import small_v2  # noqa: E402
+from keras_yolo.postprocess import non_max_suppression  # noqa: E402
+
+FORMAT = "rel_center_xywh"
+# mAP is measured on (almost) every detection, as COCO evaluation does.
+EVAL_CONF_THRES = 0.001
+NMS_IOU_THRES = 0.5
+
+
+def flip(image, y):
+    """Random horizontal flip of an image and its rel_center_xywh boxes."""
+    do = tf.random.uniform(()) < 0.5
+    image = tf.where(do, image[:, ::-1], image)
+    x, rest = y["boxes"][:, :1], y["boxes"][:, 1:]
+    boxes = tf.where(do, tf.concat([1.0 - x, rest], -1), y["boxes"])
+    boxes = tf.where(y["labels"][:, None] >= 0, boxes, 0.0)
+    return image, {"boxes": boxes, "labels": y["labels"]}
+
+
+def training_box_sizes(dataset, image_size):
+    """`(N, 2)` pixel sizes of every real training box."""
+    sizes = []
+    for _, y in dataset.batch(256):
+        real = y["labels"].numpy() >= 0
+        sizes.append(y["boxes"].numpy()[real][:, 2:] * image_size)
+    return np.concatenate(sizes)
+
+
+def evaluate(model, decode, dataset, image_size, num_classes):
+    gts, dets = [], []
+    for images, y in dataset:
+        out = non_max_suppression(
+            decode(model(images, training=False)), conf_thres=EVAL_CONF_THRES,
+            iou_thres=NMS_IOU_THRES, max_det=100, bounding_box_format=FORMAT)
+        gts.append({k: v.numpy() for k, v in y.items()})
+        dets.append({k: v.numpy() for k, v in out.items()})
+    y_true = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]}
+    y_pred = {k: np.concatenate([d[k] for d in dets]) for k in dets[0]}
+    return coco_map(y_true, y_pred, FORMAT, image_shape=(image_size, image_size),
+                    num_classes=num_classes)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-images", type=int, default=1024)
+    parser.add_argument("--val-images", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--num-classes", type=int, default=3)
+    parser.add_argument("--num-anchors", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--darknet-compat", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="write the JSON result here")
+    args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+
+    start = time.time()
+    train = shapes(args.train_images, args.image_size, args.num_classes,
+                   seed=args.seed, bounding_box_format=FORMAT).cache()
+    val = shapes(args.val_images, args.image_size, args.num_classes,
+                 seed=args.seed + 1000, bounding_box_format=FORMAT)
+    sizes = training_box_sizes(train, args.image_size)
+    anchors, anchor_iou = anchor_ops.kmeans_anchors(sizes, args.num_anchors,
+                                                    seed=args.seed)
+    data_seconds = time.time() - start
+
+    model = small_v2(args.num_classes, args.num_anchors, args.image_size)
+    loss = YoloV2Loss(args.num_classes, anchors=[anchors],
+                      bounding_box_format=FORMAT,
+                      darknet_compat=args.darknet_compat)
+    steps = args.epochs * (args.train_images // args.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        args.learning_rate, decay_steps=steps, alpha=0.05)
+    model.compile(keras.optimizers.Adam(schedule), loss=loss, jit_compile=True)
+    train_ds = (train.shuffle(args.train_images, seed=args.seed)
+                .map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(args.batch_size, drop_remainder=True)
+                .prefetch(tf.data.AUTOTUNE))
+    start = time.time()
+    history = model.fit(train_ds, epochs=args.epochs, verbose=2)
+    train_seconds = time.time() - start
+
+    decode = YoloV2Decode(anchors=[anchors], bounding_box_format=FORMAT)
+    metrics = evaluate(model, decode, val.batch(64), args.image_size,
+                       args.num_classes)
+    result = dict(
+        settings=vars(args), anchors=np.round(anchors, 1).tolist(),
+        anchor_mean_iou=round(anchor_iou, 4),
+        data_seconds=round(data_seconds, 1),
+        train_seconds=round(train_seconds, 1), steps=steps,
+        images_seen=int(loss.seen.numpy()),
+        final_loss=float(history.history["loss"][-1]),
+        map50=metrics["map50"], map=metrics["map"],
+        mar_100=metrics["mar_100"], cpu_count=os.cpu_count())
+    line = json.dumps(result)
+    print(line)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(line + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
