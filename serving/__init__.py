@@ -1,11 +1,27 @@
-"""keras-yolo serving: export, predict, conversion of pretrained weights."""
+"""keras-yolo serving: export, predict, conversion of pretrained weights.
 
-from serving.detector import (EVAL_NMS, SERVING_NMS, build_detector,
-                              load_decode_config, make_decode_layer,
-                              save_decode_config)
-from serving.export import (check_core_ops, export_detector,
-                            export_saved_model, export_tflite, graph_ops)
-from serving.predict import parse_rest_response, rest_request
+Names are imported lazily, so `python -m serving --help` does not load
+TensorFlow. (`serving.export.export` and `serving.predict.predict` stay in
+their modules: the module names are the `python -m serving` commands.)
+"""
 
-# `serving.export.export` and `serving.predict.predict` stay in their modules:
-# the module names are the `python -m serving` commands.
+import importlib
+
+_EXPORTS = {
+    "EVAL_NMS": "serving.detector", "SERVING_NMS": "serving.detector",
+    "build_detector": "serving.detector",
+    "load_decode_config": "serving.detector",
+    "make_decode_layer": "serving.detector",
+    "save_decode_config": "serving.detector",
+    "check_core_ops": "serving.export", "export_detector": "serving.export",
+    "export_saved_model": "serving.export", "export_tflite": "serving.export",
+    "graph_ops": "serving.export",
+    "parse_rest_response": "serving.predict", "rest_request": "serving.predict",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'serving' has no attribute {name!r}")

@@ -213,3 +213,30 @@ def test_interrupted_run_resumes_to_the_same_weights(shapes32, tmp_path):
     with pytest.raises(ValueError, match="finished"):
         training.train(lambda: build_tiny_model(IMAGE, 3), TinyLoss(3),
                        shapes32, run_dir=run_dir, **kwargs)
+
+
+def test_command_line_help_lists_the_subcommands():
+    for package, commands in (("training", ("train", "evaluate", "demo")),
+                              ("serving", ("export", "predict"))):
+        proc = subprocess.run([sys.executable, "-m", package, "--help"],
+                              capture_output=True, text=True, timeout=120,
+                              cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        for command in commands:
+            assert command in proc.stdout, (package, command)
+
+
+def test_recipes_wire_each_version_and_reject_bad_input():
+    from training import recipes
+
+    recipe = recipes.make_recipe("v5", num_classes=2, image_size=64)
+    assert recipe.decode_config["version"] == "v5"
+    # yolov5's P3 anchor (10, 13), scaled from 416 to 64 px.
+    np.testing.assert_allclose(recipe.decode_config["anchors"][0][0],
+                               [10 * 64 / 416, 13 * 64 / 416])
+    loss = recipe.build_loss()
+    assert loss.num_classes == 2 and tuple(loss.strides) == (8, 16, 32)
+    with pytest.raises(ValueError, match="version"):
+        recipes.make_recipe("v6")
+    with pytest.raises(ValueError, match="image_size"):
+        recipes.make_recipe("v5", image_size=100)

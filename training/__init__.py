@@ -1,9 +1,31 @@
 """Training keras-yolo detectors: strategies, schedules, EMA, checkpoints,
-COCO evaluation and run directories. `python -m training --help`."""
+COCO evaluation and run directories. `python -m training --help`.
 
-from training.run import make_run_dir, read_history, setup_logging
-from training.schedules import WarmupDecay
-from training.strategy import (STRATEGIES, jit_compile_works, make_strategy,
-                               resolve_jit_compile)
-from training.trainer import (TrainResult, batch_dataset, ema_weights,
-                              make_optimizer, train)
+    >>> import training
+    >>> result = training.train(build_model, loss, train_ds, val_data=val_ds,
+    ...                         postprocess=detect_fn, epochs=30)
+
+Names are imported lazily, so `python -m training --help` does not load
+TensorFlow.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "make_run_dir": "training.run", "read_history": "training.run",
+    "setup_logging": "training.run", "WarmupDecay": "training.schedules",
+    "STRATEGIES": "training.strategy", "jit_compile_works": "training.strategy",
+    "make_strategy": "training.strategy",
+    "resolve_jit_compile": "training.strategy",
+    "TrainResult": "training.trainer", "batch_dataset": "training.trainer",
+    "ema_weights": "training.trainer", "make_optimizer": "training.trainer",
+    "train": "training.trainer", "make_recipe": "training.recipes",
+    "run_demo": "training.demo",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'training' has no attribute {name!r}")
