@@ -617,3 +617,71 @@ def test_convert_command_writes_keras_and_decode_config(zoo, tmp_path, capsys):
         assert json.load(f) == json.loads(json.dumps(model.decode_config))
     assert main(["convert", "--from", "darknet", "--cfg", cfg, "--out", out]) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+# Scaled-YOLOv4's head: the conv applies the logistic, [yolo] new_coords=1 only
+# scales x, y. pjreddie darknet ignores new_coords / scale_x_y, so its [yolo]
+# input is exactly logistic(conv): the activated values AlexeyAB decodes.
+NEW_COORDS_CFG = """
+[net]
+batch=1
+subdivisions=1
+width=64
+height=96
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=21
+activation=logistic
+
+[yolo]
+mask=0,1,2
+anchors=12,16, 19,36, 40,28
+classes=2
+num=3
+new_coords=1
+scale_x_y=2.0
+"""
+
+
+def test_new_coords_head_matches_alexeyab_get_yolo_box(reference, workdir):
+    cfg = _write(NEW_COORDS_CFG, "new_coords.cfg", workdir)
+    weights = reference.random_weights(cfg, 6, os.path.join(workdir, "new_coords.weights"))
+    model = load_darknet(cfg, weights, flavor="pjreddie")  # the binary is pjreddie's
+    config = model.decode_config
+    assert config["version"] == "v5" and config["scale_x_y"] == [2.0]
+    images = _images(model)
+    activated = reference.predict(cfg, weights, images, mode="heads")[0]["output"]
+    raw = np.asarray(model(images))
+    activated = activated.reshape(raw.shape).astype(np.float64)
+    _assert_close(1 / (1 + np.exp(-raw.astype(np.float64))), activated, "logistic(raw)")
+    # AlexeyAB yolo_layer.c: x' = scale_x_y x - (scale_x_y - 1) / 2 on x, y, then
+    # get_yolo_box(new_coords): b_x = (i + x') / lw, b_w = 4 x_w^2 anchor_w / net_w
+    batch, lh, lw, anchors, _ = raw.shape
+    net_h, net_w = config["input_shape"][:2]
+    cols = np.arange(lw)[None, None, :, None]
+    rows = np.arange(lh)[None, :, None, None]
+    xy = 2.0 * activated[..., :2] - 0.5
+    anchor = np.asarray(config["anchors"][0])
+    expected = np.stack([(cols + xy[..., 0]) / lw, (rows + xy[..., 1]) / lh,
+                         4 * activated[..., 2] ** 2 * anchor[:, 0] / net_w,
+                         4 * activated[..., 3] ** 2 * anchor[:, 1] / net_h], -1)
+    decoded = make_decoder(config, "rel_center_xywh")(model(images))
+    _assert_close(decoded["boxes"], expected.reshape(batch, -1, 4), "new_coords boxes")
+    _assert_close(decoded["objectness"], activated[..., 4].reshape(batch, -1), "objectness")
+    _assert_close(decoded["class_probs"], activated[..., 5:].reshape(batch, -1, 2), "class probs")

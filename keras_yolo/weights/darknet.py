@@ -11,6 +11,9 @@ whose outputs are the raw head outputs of keras-yolo's contract:
 - [region] (YOLOv2) and [yolo] (YOLOv3/v4): `(B, H, W, A, 5 + C)` per level,
   darknet's per-anchor channel blocks `[A*(5+C)]` split out; [yolo] levels are
   returned in ascending stride (darknet lists them in cfg order).
+- [yolo] with new_coords=1 (Scaled-YOLOv4 cfgs): the logistic that darknet
+  applies in the [convolutional] before the layer is left out of the model, so
+  the output is raw too; its decoding is YOLOv5's (version "v5").
 
 These are the inputs of darknet's head layers, before the activations those
 layers apply. `model.decode_config` (and `darknet_decode_config(cfg_path)`)
@@ -39,8 +42,8 @@ Not supported (a clear NotImplementedError names the layer and option):
 deformable or antialiased convolutions; stride_x != stride_y; maxpool_depth;
 weighted or multi-source [shortcut] and shortcuts between different shapes;
 reverse / flatten / extra [reorg]; downsampling [upsample] (stride < 0);
-[region] softmax trees (yolo9000); [yolo] new_coords=1 (Scaled-YOLOv4); cfgs
-mixing head kinds. Input sizes are static (re-convert for another size).
+[region] softmax trees (yolo9000); [yolo] new_coords=1 with scale_x_y != 2;
+cfgs mixing head kinds. Input sizes are static (re-convert for another size).
 
 Example:
     >>> model = load_darknet("yolov3.cfg", "yolov3.weights")
@@ -77,6 +80,9 @@ ALEXEYAB_EPSILON = 1e-5
 DARKNET_BN_MOMENTUM = 0.99
 # darknet's parser (string_to_layer_type) accepts these short section names.
 _ALIASES = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool", "conn": "connected"}
+# [yolo] new_coords=1 with this scale_x_y decodes as YOLOv5 does:
+# x = (2 sigmoid(t) - 0.5 + c) s, w = (2 sigmoid(t))^2 anchor.
+NEW_COORDS_SCALE_X_Y = 2.0
 # Options and values only AlexeyAB darknet understands.
 _ALEXEYAB_ACTIVATIONS = {"mish", "swish"}
 _ALEXEYAB_OPTIONS = {"scale_x_y", "groups", "group_id", "iou_loss", "new_coords",
@@ -225,6 +231,7 @@ class _Builder:
         self.outputs = []       # darknet layer index -> Keras tensor
         self.weighted = []      # (index, section, {"kind": ..., layers...}) in cfg order
         self.heads = []         # (index, section, raw tensor, decode info)
+        self.preactivations = {}  # conv index -> (tensor before activation, activation name)
 
     def build(self):
         for index, section in enumerate(self.sections[1:]):
@@ -287,6 +294,7 @@ class _Builder:
             layers["bn"] = bn
         self.weighted.append((index, section, layers))
         # darknet's default activation is logistic for [convolutional].
+        self.preactivations[index] = (x, section.get("activation", "logistic"))
         return self._activation(index, section, x, default="logistic")
 
     def _connected(self, index, section, x):
@@ -450,18 +458,33 @@ class _Builder:
         return x
 
     def _yolo(self, index, section, x):
-        _reject(section, index, {"new_coords": {"0"}})
         classes = _int(section, "classes", 20)
         total = _int(section, "num", 1)
         anchors = np.array(_floats(section, "anchors") or [0.5] * 2 * total).reshape(-1, 2)
         mask = _ints(section, "mask") or list(range(total))
-        raw = self._head_reshape(index, section, x, len(mask), classes)
+        scale_x_y = _float(section, "scale_x_y", 1.0)
+        new_coords = bool(_int(section, "new_coords", 0))
+        source = x
+        if new_coords:
+            # AlexeyAB new_coords (Scaled-YOLOv4): the [convolutional] before the
+            # layer applies the logistic, the layer only scales x, y. Its raw
+            # output is that convolution before its logistic.
+            preactivation = self.preactivations.get(index - 1)
+            if preactivation is None or preactivation[1] != "logistic":
+                raise NotImplementedError(f"layer {index} [yolo] new_coords=1 needs a [convolutional] "
+                                          "with activation=logistic right before it")
+            if scale_x_y != NEW_COORDS_SCALE_X_Y:
+                raise NotImplementedError(f"layer {index} [yolo] new_coords=1 with scale_x_y="
+                                          f"{scale_x_y} (only {NEW_COORDS_SCALE_X_Y}, YOLOv5's decoding)")
+            source = preactivation[0]
+        raw = self._head_reshape(index, section, source, len(mask), classes)
         self.heads.append((index, section, raw, {
             "num_classes": classes,
             "anchors": anchors[mask].tolist(),
             "mask": mask,
             "stride": self.input_shape[1] / x.shape[2],
-            "scale_x_y": _float(section, "scale_x_y", 1.0)}))
+            "scale_x_y": scale_x_y,
+            "new_coords": new_coords}))
         return x
 
 
@@ -491,8 +514,15 @@ def _decode_config(builder):
     if len({info["num_classes"] for info in infos}) != 1:
         raise ValueError("[yolo] layers with different classes=")
     scale_x_y = [info["scale_x_y"] for info in infos]
+    new_coords = {info["new_coords"] for info in infos}
+    if len(new_coords) != 1:
+        raise NotImplementedError("[yolo] layers with and without new_coords in one cfg")
+    if new_coords.pop():
+        version = "v5"  # Scaled-YOLOv4: YOLOv5's parametrization and decoding
+    else:
+        version = "v4" if builder.flavor == "alexeyab" else "v3"
     config.update(
-        version="v4" if builder.flavor == "alexeyab" else "v3",
+        version=version,
         num_classes=infos[0]["num_classes"],
         anchors=[info["anchors"] for info in infos],
         masks=[info["mask"] for info in infos],
@@ -587,7 +617,7 @@ def load_darknet(cfg_path, weights_path=None, *, input_shape=None, flavor="auto"
     builder = _Builder(sections, input_shape, flavor).build()
     decode_config = _decode_config(builder)
     raws = [raw for _, _, raw, _ in builder.heads]
-    if decode_config["version"] in ("v3", "v4"):
+    if decode_config["version"] in ("v3", "v4", "v5"):
         outputs = [raws[i] for i in decode_config["darknet_order"]]
     else:
         outputs = raws[0]
@@ -619,8 +649,9 @@ def make_decoder(decode_config, bounding_box_format="rel_center_xywh", name=None
 
     v1: `YoloV1Decode(parametrization="linear")` with the cfg's `sqrt` and
     `softmax` (darknet's own box semantics); v2: `YoloV2Decode`; v3:
-    `YoloV3Decode`; v4: `YoloV4Decode` with the cfg's `scale_x_y`. Anchors are
-    the cfg's, in input pixels.
+    `YoloV3Decode`; v4: `YoloV4Decode` with the cfg's `scale_x_y`; v5
+    ([yolo] new_coords=1, scale_x_y=2): `YoloV5Decode`. Anchors are the cfg's,
+    in input pixels.
 
     Example:
         >>> model = load_darknet("yolov3.cfg", "yolov3.weights")
@@ -645,8 +676,11 @@ def make_decoder(decode_config, bounding_box_format="rel_center_xywh", name=None
     if version == "v3":
         return layers.YoloV3Decode(anchors=decode_config["anchors"], strides=strides,
                                    bounding_box_format=bounding_box_format, name=name)
+    if version == "v5":
+        return layers.YoloV5Decode(anchors=decode_config["anchors"], strides=strides,
+                                   bounding_box_format=bounding_box_format, name=name)
     if version == "v4":
         return layers.YoloV4Decode(anchors=decode_config["anchors"], strides=strides,
                                    scale_x_y=decode_config["scale_x_y"],
                                    bounding_box_format=bounding_box_format, name=name)
-    raise ValueError(f"decode_config['version']={version!r} is not v1..v4")
+    raise ValueError(f"decode_config['version']={version!r} is not v1..v5")
