@@ -448,3 +448,116 @@ def test_yolov5n_equals_ultralytics_for_the_same_weights():
 def test_yolov5_parameter_counts_equal_ultralytics_yaml_models(shape_models, size):
     _, reference = _ultralytics_model(size)
     assert sum(p.numel() for p in reference.parameters()) == _trainable(shape_models[f"yolov5{size}"])
+
+
+# --- YOLOv4 against keras_yolo.weights.load_darknet, a cfg-driven builder checked against libdarknet,
+# on AlexeyAB's cfgs (libdarknet, pjreddie's, has no mish nor grouped routes).
+
+def _alexeyab_yolov4_cfg(size):
+    """AlexeyAB darknet cfg/yolov4.cfg, section by section (anchors and loss options left out)."""
+    sections = [f"[net]\nwidth={size}\nheight={size}\nchannels=3\n"]
+
+    def conv(filters, size=1, stride=1, act="mish", bn=1):
+        sections.append(f"[convolutional]\nbatch_normalize={bn}\nfilters={filters}\nsize={size}\nstride={stride}\n"
+                        f"pad=1\nactivation={act}\n")
+
+    def route(layers):
+        sections.append(f"[route]\nlayers={layers}\n")
+
+    def shortcut():
+        sections.append("[shortcut]\nfrom=-3\nactivation=linear\n")
+
+    def yolo(mask):
+        sections.append(f"[yolo]\nmask={mask}\nanchors=12,16,19,36,40,28,36,75,76,55,72,146,142,110,192,243,459,401\n"
+                        "classes=80\nnum=9\n")
+
+    conv(32, 3)
+    for filters, blocks, back in ((64, 1, 7), (128, 2, 10), (256, 8, 28), (512, 8, 28), (1024, 4, 16)):
+        branch = filters if filters == 64 else filters // 2
+        conv(filters, 3, 2)
+        conv(branch)
+        route(-2)
+        conv(branch)
+        for _ in range(blocks):
+            conv(branch // 2 if filters == 64 else branch)
+            conv(branch, 3)
+            shortcut()
+        conv(branch)
+        route(f"-1,-{back}")
+        conv(filters)
+    leaky = "leaky"
+    conv(512, act=leaky), conv(1024, 3, act=leaky), conv(512, act=leaky)
+    for pool, back in ((5, -2), (9, -4), (13, None)):
+        sections.append(f"[maxpool]\nstride=1\nsize={pool}\n")
+        if back:
+            route(back)
+    route("-1,-3,-5,-6")
+    conv(512, act=leaky), conv(1024, 3, act=leaky), conv(512, act=leaky)
+    for filters, tap in ((256, 85), (128, 54)):
+        conv(filters, act=leaky)
+        sections.append("[upsample]\nstride=2\n")
+        route(tap)
+        conv(filters, act=leaky)
+        route("-1,-3")
+        for _ in range(2):
+            conv(filters, act=leaky), conv(filters * 2, 3, act=leaky)
+        conv(filters, act=leaky)
+    conv(256, 3, act=leaky), conv(255, act="linear", bn=0), yolo("0,1,2")
+    for filters, back, mask in ((256, 16, "3,4,5"), (512, 37, "6,7,8")):
+        route(-4)
+        conv(filters, 3, 2, act=leaky)
+        route(f"-1,-{back}")
+        for _ in range(3):
+            conv(filters, act=leaky), conv(filters * 2, 3, act=leaky)
+        conv(255, act="linear", bn=0), yolo(mask)
+    return "\n".join(sections)
+
+
+def _alexeyab_yolov4_tiny_cfg(size):
+    """AlexeyAB darknet cfg/yolov4-tiny.cfg, section by section (anchors and loss options left out)."""
+    sections = [f"[net]\nwidth={size}\nheight={size}\nchannels=3\n"]
+
+    def conv(filters, size=3, stride=1, bn=1, act="leaky"):
+        sections.append(f"[convolutional]\nbatch_normalize={bn}\nfilters={filters}\nsize={size}\nstride={stride}\n"
+                        f"pad=1\nactivation={act}\n")
+
+    conv(32, 3, 2), conv(64, 3, 2)
+    for filters in (64, 128, 256):
+        conv(filters)
+        sections.append("[route]\nlayers=-1\ngroups=2\ngroup_id=1\n")
+        conv(filters // 2), conv(filters // 2)
+        sections.append("[route]\nlayers=-1,-2\n")
+        conv(filters, 1)
+        sections.append("[route]\nlayers=-6,-1\n")
+        sections.append("[maxpool]\nsize=2\nstride=2\n")
+    conv(512), conv(256, 1), conv(512), conv(255, 1, bn=0, act="linear")
+    anchors = "anchors=10,14,23,27,37,58,81,82,135,169,344,319\nclasses=80\nnum=6\n"
+    sections.append(f"[yolo]\nmask=3,4,5\n{anchors}")
+    sections.append("[route]\nlayers=-4\n")
+    conv(128, 1)
+    sections.append("[upsample]\nstride=2\n")
+    sections.append("[route]\nlayers=-1,23\n")
+    conv(256), conv(255, 1, bn=0, act="linear")
+    sections.append(f"[yolo]\nmask=1,2,3\n{anchors}")
+    return "\n".join(sections)
+
+
+@pytest.mark.parametrize("name, make_cfg", [
+    pytest.param("yolov4", _alexeyab_yolov4_cfg, marks=pytest.mark.slow, id="yolov4"),
+    pytest.param("yolov4-tiny", _alexeyab_yolov4_tiny_cfg, id="yolov4-tiny")])
+def test_yolov4_equals_the_darknet_cfg_import_for_the_same_weights(tmp_path, name, make_cfg):
+    from keras_yolo.weights import darknet  # noqa: PLC0415 - a peer module of the library
+
+    size = 64
+    cfg = os.path.join(tmp_path, f"{name}.cfg")
+    with open(cfg, "w") as handle:
+        handle.write(make_cfg(size))
+    model = models.build(name, num_classes=80, input_shape=(size, size, 3))
+    weights = os.path.join(tmp_path, "random.weights")
+    _write_random_darknet_weights(model, models.darknet_layer_names(name), weights, seed=4)
+    reference = darknet.load_darknet(cfg, weights, flavor="alexeyab")
+    assert reference.count_params() == model.count_params() == DARKNET_PARAMETERS[name]
+    images = np.random.default_rng(5).uniform(size=(1, size, size, 3)).astype("float32")
+    for ours, theirs in zip(model(images, training=False), reference(images, training=False)):
+        theirs = theirs.numpy()
+        np.testing.assert_allclose(ours.numpy(), theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
