@@ -2,6 +2,7 @@
 
     python -m serving convert --from darknet --cfg yolov3.cfg --weights yolov3.weights --out yolov3.keras
     python -m serving convert --from yolov5 --checkpoint yolov5s.pt --out yolov5s.keras [--npz yolov5s.npz]
+    python -m serving convert ... --out m.keras --export exported/   # + SavedModel and TFLite
 
 Writes the model (raw head outputs, keras-yolo's layout) to `--out` and its
 decode configuration (version, anchors in pixels, strides, classes,
@@ -37,6 +38,11 @@ def add_parser(subparsers):
     parser.add_argument("--out", required=True, help="output .keras file")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip reloading the .keras file and comparing outputs")
+    parser.add_argument("--export", metavar="DIR",
+                        help="then export the detector (network + decode + NMS) to DIR, "
+                             "as `python -m serving export` does")
+    parser.add_argument("--export-format", nargs="+", default=["saved_model", "tflite"],
+                        choices=["saved_model", "tflite"], help="formats for --export")
     parser.set_defaults(func=run)
     return parser
 
@@ -114,6 +120,13 @@ def run(args):
         convert(args.source, args.out, cfg=args.cfg, weights=args.weights, flavor=args.flavor,
                 checkpoint=args.checkpoint, npz=args.npz, input_size=args.input_size,
                 verify=not args.no_verify)
+        if args.export:
+            from serving.export import export
+
+            _log(f"exporting to {args.export} ({', '.join(args.export_format)})")
+            report = export(args.out, args.export, formats=tuple(args.export_format))
+            _log("exported " + ", ".join(f"{k}: {report[k]['path']}" for k in
+                                         ("saved_model", "tflite") if k in report))
     except (ValueError, FileNotFoundError, NotImplementedError, ImportError) as error:
         return _fail(str(error))
     return 0
