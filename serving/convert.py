@@ -120,13 +120,17 @@ def run(args):
         convert(args.source, args.out, cfg=args.cfg, weights=args.weights, flavor=args.flavor,
                 checkpoint=args.checkpoint, npz=args.npz, input_size=args.input_size,
                 verify=not args.no_verify)
-        if args.export:
-            from serving.export import export
-
-            _log(f"exporting to {args.export} ({', '.join(args.export_format)})")
-            report = export(args.out, args.export, formats=tuple(args.export_format))
-            _log("exported " + ", ".join(f"{k}: {report[k]['path']}" for k in
-                                         ("saved_model", "tflite") if k in report))
     except (ValueError, FileNotFoundError, NotImplementedError, ImportError) as error:
         return _fail(str(error))
+    if args.export:
+        from serving.export import export
+
+        _log(f"exporting to {args.export} ({', '.join(args.export_format)})")
+        try:
+            report = export(args.out, args.export, formats=tuple(args.export_format))
+        except Exception as error:  # noqa: BLE001 - the converted files stay valid
+            return _fail(f"{args.out} and its decode.json were written, but exporting them "
+                         f"failed: {type(error).__name__}: {error}")
+        _log("exported " + ", ".join(f"{k}: {report[k]['path']}" for k in
+                                     ("saved_model", "tflite") if k in report))
     return 0
