@@ -13,7 +13,9 @@ Keras model and copies every tensor:
     model.24.m.{l}.weight, .bias                   -> `m24_m{l}_conv` kernel, bias
 
 Only `torch` is needed for `.pt` files (plus the `yolov5` package when the
-checkpoint pickles the model object); `.npz` needs numpy only.
+checkpoint pickles the model object); `.npz` needs numpy only. A `.pt` file is
+a pickle: reading one runs code from it, so read only checkpoints you trust
+(or convert them to `.npz` once, where you trust them).
 
 Example:
     >>> model = load_yolov5("yolov5s.pt")           # or "yolov5s.npz"
