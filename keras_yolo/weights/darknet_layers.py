@@ -85,6 +85,10 @@ class DarknetReorg(keras.layers.Layer):
     Args:
         stride: s.
         order: `"darknet2018"` or `"space_to_depth"`.
+
+    Example:
+        >>> DarknetReorg(2)(keras.ops.ones((1, 26, 26, 64))).shape   # yolov2's passthrough
+        (1, 13, 13, 256)
     """
 
     ORDERS = ("darknet2018", "space_to_depth")
@@ -135,6 +139,10 @@ class DarknetLocal(keras.layers.Layer):
         size: kernel size.
         strides: darknet `stride`.
         padding: zero cells on each side (darknet passes its `pad` value).
+
+    Example:
+        >>> DarknetLocal(256, 3, 1, 1)(keras.ops.ones((1, 7, 7, 1024))).shape   # yolov1
+        (1, 7, 7, 256)
     """
 
     def __init__(self, filters, size, strides=1, padding=0, **kwargs):
@@ -185,6 +193,10 @@ class DarknetFlatten(keras.layers.Layer):
 
     darknet's [connected] and [detection] layers read their input this way;
     the 1x1 spatial shape keeps every tensor of a converted model 4-D.
+
+    Example:
+        >>> DarknetFlatten()(keras.ops.ones((1, 7, 7, 256))).shape
+        (1, 1, 1, 12544)
     """
 
     def call(self, inputs):
@@ -209,6 +221,10 @@ class DarknetDetectionLayout(keras.layers.Layer):
         side: S.
         num: Bx (darknet `num`).
         classes: C.
+
+    Example:
+        >>> DarknetDetectionLayout(7, 2, 20)(keras.ops.ones((1, 1, 1, 1470))).shape
+        (1, 7, 7, 30)
     """
 
     def __init__(self, side, num, classes, **kwargs):
@@ -245,6 +261,9 @@ class DarknetActivation(keras.layers.Layer):
     tanh; elu; swish: x sigmoid(x); mish: x tanh(softplus(x)) with darknet's
     softplus(x) = x for x > 20 (exp(x) for x < -20, which equals log1p(exp(x))
     to float precision).
+
+    Example:
+        >>> DarknetActivation("leaky")(keras.ops.array([-1.0, 2.0]))   # [-0.1, 2.0]
     """
 
     NAMES = ("linear", "leaky", "relu", "logistic", "tanh", "elu", "swish", "mish")
@@ -290,6 +309,10 @@ class DarknetChannelGroup(keras.layers.Layer):
     Args:
         groups: g, the number of equal channel groups.
         group_id: which group to keep.
+
+    Example:
+        >>> DarknetChannelGroup(2, 1)(keras.ops.ones((1, 52, 52, 64))).shape   # yolov4-tiny
+        (1, 52, 52, 32)
     """
 
     def __init__(self, groups, group_id, **kwargs):
