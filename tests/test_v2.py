@@ -471,3 +471,16 @@ def test_small_v2_passthrough_model_gets_gradients():
     assert np.isfinite(float(value))
     assert all(np.all(np.isfinite(g)) for g in grads)
     assert float(tf.reduce_max(tf.abs(grads[-1]))) > 0  # the route is used
+
+
+def test_zero_size_truth_gives_a_finite_darknet_loss():
+    raw, boxes, labels = random_case(12)
+    boxes[0, 0, 2] = 0.0
+    loss = YoloV2Loss(num_classes=4, anchors=ANCHORS, darknet_compat=True,
+                      count_seen=False)
+    x = tf.constant(raw)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = loss({"boxes": boxes, "labels": labels}, x)
+    assert np.isfinite(float(value))
+    assert np.all(np.isfinite(tape.gradient(value, x).numpy()))

@@ -14,6 +14,9 @@ from keras_yolo.layers.yolo_v2_decode import check_v2_anchors, decode_v2
 # delta scale of .01.
 DARKNET_PRIOR_IMAGES = 12800
 DARKNET_PRIOR_SCALE = 0.01
+# Smallest truth size (grid cells) whose log is taken: a zero-size truth
+# (which darknet's loader never produces) gives a finite loss, not log 0.
+MIN_TRUTH_CELLS = 1e-6
 
 
 def _single_level(y_pred):
@@ -281,7 +284,9 @@ class YoloV2Loss(keras.losses.Loss):
         x, y, w, h = self._truth_in_cells(truth, grid_shape)
         has_truth = resp[..., None] > 0
         # log(w W / p_w) only where a truth is assigned (log 0 elsewhere).
-        size = tf.where(has_truth, tf.stack([w, h], -1), self._anchors_cells)
+        size = tf.where(has_truth, tf.maximum(tf.stack([w, h], -1),
+                                              MIN_TRUTH_CELLS),
+                        self._anchors_cells)
         t_target = tf.math.log(size / self._anchors_cells)
         offset = tf.sigmoid(raw[..., 0:2])
         scale = self.coord_scale * (2.0 - truth[..., 2] * truth[..., 3])
