@@ -59,7 +59,8 @@ class YoloV2Loss(keras.losses.Loss):
     * 1obj_ij = 1 for the anchor j, in the cell i holding the truth's centre,
       whose shape (centred on the truth) has the highest IoU with the truth
       (`1obj = max(IOU^truth_anchor)`). Two truths on one cell and anchor:
-      the later row of `y_true` wins (as darknet).
+      the later row of `y_true` wins (as darknet). A centre at exactly 1.0
+      belongs to the last cell (darknet would index past its grid).
     * IOU^truth_pred: plain IoU of the decoded predicted box and its truth,
       a constant target (no gradient), as darknet's `rescore`.
     * 1noobj = 1 - 1obj. `ignore_thresh` (not in the seed; darknet's
