@@ -225,8 +225,9 @@ def _check_one_training_step(model, input_shape, num_classes, jit_compile=False)
     for w, b in zip(weights, before):                  # the tape's forward updated no weights
         np.testing.assert_array_equal(w.numpy(), b)
     reported = model.train_on_batch(images, truth)
-    np.testing.assert_allclose(reported, loss.numpy(), rtol=1e-5)
     stochastic = any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
+    if not stochastic:
+        np.testing.assert_allclose(reported, loss.numpy(), rtol=1e-5)
     for w, b, g in zip(weights, before, gradients):
         if stochastic:
             assert not np.array_equal(w.numpy(), b)
