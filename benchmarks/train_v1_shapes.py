@@ -1,6 +1,6 @@
 """Trains the small YOLOv1-style model on the shapes dataset and reports mAP@0.5.
 
-    .venv/bin/python benchmarks/train_v1_shapes.py            # 960 steps: about 8 minutes on 2 idle cores
+    .venv/bin/python benchmarks/train_v1_shapes.py            # 768 steps of 32 images
     .venv/bin/python benchmarks/train_v1_shapes.py --epochs 2 --train-images 128   # smoke run
 
 `model.fit` with `YoloV1Loss` (the seed's objective, logistic
@@ -36,6 +36,7 @@ FORMAT = "rel_center_xywh"
 # mAP is measured on (almost) every detection, as COCO evaluation does.
 EVAL_CONF_THRES = 0.001
 NMS_IOU_THRES = 0.5
+MIN_PIXELS = 3  # boxes cropped thinner than this are dropped by crop_jitter
 
 
 def flip(image, y):
@@ -46,6 +47,32 @@ def flip(image, y):
     boxes = tf.where(do, tf.concat([1.0 - x, rest], -1), y["boxes"])
     boxes = tf.where(y["labels"][:, None] >= 0, boxes, 0.0)
     return image, {"boxes": boxes, "labels": y["labels"]}
+
+
+def crop_jitter(image, y, jitter):
+    """darknet-style jitter: a random crop of each side (up to `jitter` of the
+    image in total per axis) resized back; boxes follow, those whose centre
+    leaves the crop are dropped (label -1)."""
+    size = tf.cast(tf.shape(image)[0], tf.float32)
+    keep = 1.0 - tf.random.uniform([2], 0.0, jitter)          # crop w, h
+    start = tf.random.uniform([2]) * (1.0 - keep)              # x0, y0
+    x0, y0, cw, ch = start[0], start[1], keep[0], keep[1]
+    image = tf.image.crop_and_resize(
+        image[None], [[y0, x0, y0 + ch, x0 + cw]], [0],
+        [tf.shape(image)[0], tf.shape(image)[1]])[0]
+    b = y["boxes"]
+    cx, cy = (b[:, 0] - x0) / cw, (b[:, 1] - y0) / ch
+    x1 = tf.clip_by_value(cx - b[:, 2] / cw / 2, 0.0, 1.0)
+    x2 = tf.clip_by_value(cx + b[:, 2] / cw / 2, 0.0, 1.0)
+    y1 = tf.clip_by_value(cy - b[:, 3] / ch / 2, 0.0, 1.0)
+    y2 = tf.clip_by_value(cy + b[:, 3] / ch / 2, 0.0, 1.0)
+    inside = (cx > 0) & (cx < 1) & (cy > 0) & (cy < 1)
+    # At least MIN_PIXELS wide and high after the crop.
+    big = ((x2 - x1) * size > MIN_PIXELS) & ((y2 - y1) * size > MIN_PIXELS)
+    labels = tf.where(inside & big & (y["labels"] >= 0), y["labels"], -1)
+    boxes = tf.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], -1)
+    boxes = tf.where(labels[:, None] >= 0, boxes, 0.0)
+    return image, {"boxes": boxes, "labels": labels}
 
 
 def evaluate(model, decode, dataset, image_size, num_classes):
@@ -70,12 +97,14 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=int, default=3)
     parser.add_argument("--grid-size", type=int, default=7)
     parser.add_argument("--boxes-per-cell", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--darknet-compat", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--jitter", type=float, default=0.3,
+                        help="largest fraction of the image cropped away per axis")
     parser.add_argument("--eval-train-images", type=int, default=256,
                         help="also report mAP on this many training images")
     parser.add_argument("--output", help="write the JSON result here")
@@ -102,6 +131,9 @@ def main(argv=None):
     model.compile(keras.optimizers.Adam(schedule), loss=loss, jit_compile=True)
     train_ds = (train.shuffle(args.train_images, seed=args.seed)
                 .map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+                .map(lambda i, y: crop_jitter(i, y, args.jitter)
+                     if args.jitter > 0 else (i, y),
+                     num_parallel_calls=tf.data.AUTOTUNE)
                 .batch(args.batch_size, drop_remainder=True)
                 .prefetch(tf.data.AUTOTUNE))
     start = time.time()
