@@ -11,6 +11,7 @@ S = input size / 64, so the dense layers fix the input size.
 
 import keras
 
+from keras_yolo.layers.activations import LEAKY_SLOPE
 from keras_yolo.layers.conv_bn import ConvBNAct
 from keras_yolo.models.common import DARKNET_CONV, check_num_classes, image_input
 from keras_yolo.models.yolo_model import YoloModel
@@ -55,9 +56,10 @@ def yolov1(num_classes=20, input_shape=(448, 448, 3), boxes_per_cell=2, tiny=Fal
     x = keras.layers.Flatten(name="flatten")(x)
     if not tiny:
         x = keras.layers.Dense(YOLOV1_HIDDEN_UNITS, kernel_initializer=_dense_initializer(), name="fc1")(x)
-        x = keras.layers.LeakyReLU(negative_slope=0.1, name="fc1_leaky")(x)
+        x = keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name="fc1_leaky")(x)
         x = keras.layers.Dropout(YOLOV1_DROPOUT, name="dropout")(x)
     depth = boxes_per_cell * 5 + num_classes
-    x = keras.layers.Dense(grid_h * grid_w * depth, kernel_initializer=_dense_initializer(), name="fc2" if not tiny else "fc1")(x)
+    x = keras.layers.Dense(grid_h * grid_w * depth, kernel_initializer=_dense_initializer(),
+                           name="fc1" if tiny else "fc2")(x)
     x = keras.layers.Reshape((grid_h, grid_w, depth), dtype="float32", name="output")(x)
     return YoloModel(inputs, x, name=name or ("yolov1_tiny" if tiny else "yolov1"))
