@@ -107,6 +107,15 @@ def test_outputs_are_levels_in_ascending_stride(shape_models, name, height, widt
         (2, height // s, width // s, ANCHORS.get(name, 3), 85) for s in LEVEL_STRIDES[name]]
 
 
+@pytest.mark.parametrize("name", sorted(LEVEL_STRIDES))
+def test_model_spec_anchors_fit_the_outputs(shape_models, name):
+    spec = models.model_spec(name)
+    assert tuple(spec["strides"]) == LEVEL_STRIDES[name]
+    outputs = shape_models[name].outputs
+    assert [len(level) for level in spec["anchors"]] == [o.shape[3] for o in outputs]
+    assert spec["input_shape"][0] % max(spec["strides"]) == 0
+
+
 def test_yolov1_output_is_s_by_s_by_boxes_times_5_plus_classes(shape_models):
     assert shape_models["yolov1"].output_shape == (None, 7, 7, 2 * 5 + 80)
     assert shape_models["yolov1-tiny"].output_shape == (None, 7, 7, 2 * 5 + 80)
