@@ -42,6 +42,22 @@ def _num_workers():
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def task():
+    """`(type, index, is_chief)` of this process in TF_CONFIG's cluster
+    (`("worker", 0, True)` without TF_CONFIG). The chief is the `chief`
+    task, or worker 0 when the cluster has none."""
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        return "worker", 0, True
+    config = json.loads(config)
+    info = config.get("task", {})
+    kind, index = info.get("type", "worker"), int(info.get("index", 0))
+    has_chief = bool(config.get("cluster", {}).get("chief"))
+    chief = kind == "chief" or (kind == "worker" and index == 0
+                                and not has_chief)
+    return kind, index, chief
+
+
 def make_strategy(name="auto", devices=None):
     """Returns the `tf.distribute.Strategy` called `name` (see the table).
 
