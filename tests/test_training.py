@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import training
+import training.run
 from keras_yolo import data
 from training import strategy as strategy_lib
 
@@ -49,6 +50,7 @@ tf.config.set_logical_device_configuration(
 import keras, numpy as np
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import training
+import training.run
 from keras_yolo import data
 from tiny_detector import build_tiny_model, TinyLoss
 
@@ -248,6 +250,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import keras
 import training
+import training.run
 from keras_yolo import data
 from tiny_detector import build_tiny_model, TinyLoss
 
@@ -345,3 +348,33 @@ def test_short_v5_training_on_shapes_detects(tmp_path):
     assert after["map"] > before["map"]
     history = result.history
     assert history[-1]["loss"] < 0.85 * history[0]["loss"]
+
+
+def test_time_budget_shortens_the_schedule_to_end_its_decay():
+    schedule = training.WarmupDecay(1.0, total_steps=100, warmup_steps=10,
+                                    final_fraction=0.01, adjustable=True)
+    budget = training.run.TimeBudget(seconds=1.0, epochs=10,
+                                     steps_per_epoch=10, schedule=schedule)
+
+    class FakeModel:
+        stop_training = False
+
+    budget.set_model(FakeModel())
+    budget.on_train_begin()
+    budget.on_epoch_begin(0)
+    budget._start -= 0.3               # epoch 1 (with tracing) took 0.3 s:
+    budget._epoch_start -= 0.3         # no plan from it
+    budget.on_epoch_end(0)
+    assert budget.planned_epochs == 10 and schedule.total_steps == 100
+    budget.on_epoch_begin(1)
+    budget._start -= 0.2               # epoch 2 took 0.2 s, 0.5 s spent:
+    budget._epoch_start -= 0.2         # 2 more fit -> 4 epochs in all
+    budget.on_epoch_end(1)
+    assert budget.planned_epochs == 4
+    assert schedule.total_steps == 40
+    assert float(schedule(40)) == pytest.approx(0.01)   # decay complete
+    assert float(schedule(25)) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert not budget.model.stop_training
+    budget.on_epoch_begin(3)
+    budget.on_epoch_end(3)
+    assert budget.model.stop_training and budget.stopped_epoch == 4

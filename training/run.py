@@ -140,24 +140,46 @@ class RunLogger(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training after the epoch that would make the next one exceed
-    `seconds` of wall time (measured from the start of `fit`)."""
+    """Keeps training within `seconds` of wall time (from the start of
+    `fit`): after each epoch it projects, from the last epoch's duration,
+    how many epochs still fit; it stops after the last that fits and, given
+    an adjustable `schedule`, shortens the schedule to end there, so the
+    learning rate still decays fully on a slow machine."""
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, epochs, steps_per_epoch, schedule=None):
         super().__init__()
         self.seconds = float(seconds)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.schedule = schedule
         self.stopped_epoch = None
+        self.planned_epochs = self.epochs
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
+        self._first_epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
+        if getattr(self, "_first_epoch", None) is None:
+            self._first_epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
-        if now - self._start + (now - self._epoch_start) > self.seconds:
+        last = now - self._epoch_start
+        fit = int((self.seconds - (now - self._start)) // max(last, 1e-9))
+        if epoch == self._first_epoch and fit > 0:
+            # The first epoch includes tracing (and compiling): plan from
+            # the second one on, unless even one more would not fit.
+            return
+        planned = min(self.planned_epochs, epoch + 1 + max(fit, 0))
+        if planned < self.planned_epochs:
+            self.planned_epochs = planned
+            if self.schedule is not None and getattr(
+                    self.schedule, "adjustable", False):
+                self.schedule.set_total_steps(planned * self.steps_per_epoch)
+            _logger.info("time budget %.0f s: training ends after epoch %d "
+                         "(%.1f s/epoch)", self.seconds, planned, last)
+        if epoch + 1 >= self.planned_epochs and epoch + 1 < self.epochs:
             self.stopped_epoch = epoch + 1
             self.model.stop_training = True
-            _logger.info("time budget of %.0f s reached after epoch %d",
-                         self.seconds, epoch + 1)

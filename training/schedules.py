@@ -29,6 +29,9 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         decay: `"cosine"`, `"linear"` or `"constant"`.
         final_fraction: f, the last rate as a fraction of lr0.
         warmup_start: w0, the first warmup rate as a fraction of lr0.
+        adjustable: keep T in a variable that `set_total_steps` can shorten
+            during training (the time budget of `train` does, so a run cut
+            short still ends its decay).
 
     Example:
         >>> schedule = WarmupDecay(0.01, total_steps=3000, warmup_steps=300)
@@ -36,7 +39,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, learning_rate, total_steps, warmup_steps=0,
-                 decay="cosine", final_fraction=0.01, warmup_start=0.0):
+                 decay="cosine", final_fraction=0.01, warmup_start=0.0,
+                 adjustable=False):
         if decay not in SCHEDULES:
             raise ValueError(f"`decay` must be one of {SCHEDULES}; "
                              f"got {decay!r}.")
@@ -53,6 +57,20 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.decay = decay
         self.final_fraction = float(final_fraction)
         self.warmup_start = float(warmup_start)
+        self.adjustable = bool(adjustable)
+        self._total = None
+        if adjustable:
+            import tensorflow as tf
+
+            self._total = tf.Variable(float(total_steps), trainable=False,
+                                      name="schedule_total_steps")
+
+    def set_total_steps(self, total_steps):
+        """Shortens (or lengthens) T of an `adjustable` schedule."""
+        if self._total is None:
+            raise ValueError("set_total_steps needs adjustable=True.")
+        self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+        self._total.assign(float(self.total_steps))
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
@@ -60,7 +78,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         warm = max(self.warmup_steps, 1)
         warmup = lr0 * (self.warmup_start
                         + (1.0 - self.warmup_start) * step / warm)
-        span = max(self.total_steps - self.warmup_steps, 1)
+        total = self.total_steps if self._total is None else self._total
+        span = ops.maximum(total - self.warmup_steps, 1.0)
         x = ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
         if self.decay == "cosine":
             after = lr0 * (f + (1.0 - f) * (1.0 + ops.cos(math.pi * x)) / 2)

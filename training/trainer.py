@@ -210,8 +210,9 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         eval_every: evaluate the validation mAP every this many epochs (and
             after the last).
         steps_per_epoch: needed when the dataset's length is unknown.
-        time_budget: stop after the epoch that would overrun this many
-            seconds (the schedule still spans `epochs`).
+        time_budget: seconds of training at most: the run stops after the
+            last epoch that fits and the schedule is shortened to end there
+            (see `training.run.TimeBudget`).
         backup_every: `"epoch"` or a number of steps between resumable
             backups.
         config: a dict recorded in `config.json` (e.g. the CLI arguments).
@@ -274,7 +275,7 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
     warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)),
                        total_steps - 1)
     lr = WarmupDecay(learning_rate, total_steps, warmup_steps, schedule,
-                     final_fraction)
+                     final_fraction, adjustable=bool(time_budget))
     ema_value = resolve_ema_momentum(ema_momentum, total_steps)
 
     with strategy.scope():
@@ -326,7 +327,8 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
             mode="max", save_best_only=True, save_weights_only=True))
     callbacks.append(run_lib.RunLogger(run_dir, epochs, log_every))
     if time_budget:
-        callbacks.append(run_lib.TimeBudget(time_budget))
+        callbacks.append(run_lib.TimeBudget(time_budget, epochs,
+                                            steps_per_epoch, lr))
     callbacks.extend(extra_callbacks)
 
     start = time.perf_counter()
