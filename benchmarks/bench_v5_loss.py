@@ -49,11 +49,17 @@ def main(argv=None):
     parser.add_argument("--truths", type=int, default=12,
                         help="truths per image")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads (default: the harness's, "
+                             "min(2, cores)); 1 avoids OpenMP spinning on a "
+                             "busy machine")
     args = parser.parse_args(argv)
 
     import yolov5_reference as reference
 
     torch = reference.load().torch
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     rng = np.random.default_rng(0)
     size, batch, m = args.image_size, args.batch_size, args.truths
     raw = [rng.normal(0, 1.5, (batch, size // s, size // s, 3,

@@ -37,6 +37,8 @@ from keras_yolo import boxes as box_ops
 MAX_WH = 7680.0
 # ultralytics' `max_nms`: most candidates that go into NMS per image.
 MAX_NMS = 30000
+# DIoU-NMS builds a (K, K) suppression matrix: 3000² booleans is 9 MB/image.
+MAX_DIOU_CANDIDATES = 3000
 # darknet's `box_diounms` exponent on rho²/c².
 DIOU_BETA = 0.6
 _PAD = -1
@@ -104,6 +106,7 @@ def _pairwise_suppression(xyxy, iou_thres, method, beta):
     return iou - penalty > iou_thres
 
 
+@tf.function  # a graph loop also when called eagerly (inlined in graphs)
 def _greedy_matrix_nms(xyxy, valid, same_group, iou_thres, method, beta):
     """Greedy NMS over score-sorted candidates, all images at once.
 
@@ -121,7 +124,9 @@ def _greedy_matrix_nms(xyxy, valid, same_group, iou_thres, method, beta):
         alive = tf.gather(keep, i, axis=1)[:, None]
         return i + 1, keep & ~(row & alive)
 
-    _, keep = tf.while_loop(lambda i, keep: i < k, body,
+    # Valid candidates come first (sorted by score): stop after the last.
+    last = tf.reduce_max(tf.reduce_sum(tf.cast(valid, tf.int32), axis=1))
+    _, keep = tf.while_loop(lambda i, keep: i < last, body,
                             (tf.constant(0), valid),
                             maximum_iterations=k)
     return keep
@@ -149,9 +154,10 @@ def _greedy_kernel_nms(xyxy, scores, valid, iou_thres, max_det):
                                                        tf.bool))
 
 
+@tf.autograph.experimental.do_not_convert  # no tensor-dependent Python flow
 def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
                         classes=None, agnostic=False, multi_label=False,
-                        max_det=300, max_candidates=MAX_NMS, method="iou",
+                        max_det=300, max_candidates=None, method="iou",
                         beta=DIOU_BETA, bounding_box_format="center_xywh",
                         class_offset=None):
     """ultralytics yolov5's NMS as fixed-size tensors.
@@ -171,9 +177,9 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
         multi_label: a box may be returned once for every class whose score
             passes `conf_thres` (ultralytics disables it when C == 1).
         max_det: K, detections kept (and rows returned) per image.
-        max_candidates: most candidates (by score) entering NMS per image
-            (ultralytics' `max_nms`). The `"diou"` method and XLA build a
-            `(B, K', K')` matrix on them: lower it there (e.g. 2000).
+        max_candidates: most candidates (by score) entering NMS per image;
+            default ultralytics' `max_nms` (30000) for `"iou"` and 3000 for
+            `"diou"`, which builds a `(B, K', K')` suppression matrix.
         method: `"iou"` (torchvision / ultralytics) or `"diou"` (YOLOv4).
         beta: DIoU-NMS exponent on `rho²/c²` (darknet `beta_nms`).
         bounding_box_format: format of `predictions["boxes"]` and of the
@@ -198,6 +204,8 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
         raise ValueError(f"`method` must be 'iou' or 'diou'; got {method!r}.")
     if int(max_det) < 1:
         raise ValueError(f"`max_det` must be >= 1; got {max_det!r}.")
+    if max_candidates is None:
+        max_candidates = MAX_NMS if method == "iou" else MAX_DIOU_CANDIDATES
     if int(max_candidates) < 1:
         raise ValueError(
             f"`max_candidates` must be >= 1; got {max_candidates!r}.")
@@ -288,7 +296,7 @@ class NonMaxSuppression(keras.layers.Layer):
 
     def __init__(self, conf_thres=0.25, iou_thres=0.45, classes=None,
                  agnostic=False, multi_label=False, max_det=300,
-                 max_candidates=MAX_NMS, method="iou", beta=DIOU_BETA,
+                 max_candidates=None, method="iou", beta=DIOU_BETA,
                  bounding_box_format="center_xywh", class_offset=None,
                  **kwargs):
         super().__init__(**kwargs)
@@ -304,7 +312,8 @@ class NonMaxSuppression(keras.layers.Layer):
         self.agnostic = bool(agnostic)
         self.multi_label = bool(multi_label)
         self.max_det = int(max_det)
-        self.max_candidates = int(max_candidates)
+        self.max_candidates = (None if max_candidates is None
+                               else int(max_candidates))
         self.method = method
         self.beta = float(beta)
         self.bounding_box_format = bounding_box_format
