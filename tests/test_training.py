@@ -378,3 +378,48 @@ def test_time_budget_shortens_the_schedule_to_end_its_decay():
     budget.on_epoch_begin(3)
     budget.on_epoch_end(3)
     assert budget.model.stop_training and budget.stopped_epoch == 4
+
+
+@pytest.mark.slow
+def test_demo_command_writes_a_complete_run_and_its_export_serves(tmp_path):
+    out = str(tmp_path / "demo")
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "demo", "--out", out,
+         "--image-size", "64", "--train-images", "128", "--val-images", "32",
+         "--epochs", "3", "--batch-size", "16"],
+        capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mAP@0.5" in proc.stdout
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["export"]["core_tf_ops_only"]
+    assert 0 <= summary["export"]["tflite_max_abs_diff"] < 1e-3
+    for name in ("config.json", "history.jsonl", "metrics.json",
+                 "model.keras", "model.decode.json",
+                 "export/saved_model/saved_model.pb", "export/model.tflite",
+                 "export/export.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    # The CLI round trip: evaluate the run, export again, predict a file.
+    proc = subprocess.run([sys.executable, "-m", "training", "evaluate",
+                           "--run", out, "--image-size", "64",
+                           "--val-images", "32"],
+                          capture_output=True, text=True, timeout=900,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(out, "evaluate.json")) as f:
+        evaluated = json.load(f)
+    assert evaluated["num_images"] == 32
+    assert evaluated["map50"] == pytest.approx(summary["trained"]["map50"],
+                                               abs=1e-6)
+    from PIL import Image
+
+    image, _ = data.generate(num_images=1, image_size=64, seed=3)
+    Image.fromarray(image[0]).save(tmp_path / "x.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving", "predict", "--export",
+         os.path.join(out, "export"), "--images", str(tmp_path / "x.png"),
+         "--tflite", "--out", str(tmp_path / "p.json")],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "p.json") as f:
+        assert json.load(f)[0]["image"].endswith("x.png")

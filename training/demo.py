@@ -37,7 +37,7 @@ def run_demo(out=None, version="v5", image_size=128, num_classes=3,
              warmup_epochs=1.0, seed=0, strategy="auto", jit_compile="auto",
              export=True, overwrite=False):
     """Runs the demo (see the module docstring); returns the summary dict."""
-    import numpy as np
+    import tensorflow as tf
 
     import serving
     from keras_yolo import data, metrics
@@ -61,14 +61,16 @@ def run_demo(out=None, version="v5", image_size=128, num_classes=3,
                  "classes (%.1f s)", train_images, val_images, image_size,
                  num_classes, timings["data_seconds"])
 
+    if jit_compile == "auto" and not tf.config.list_physical_devices("GPU"):
+        # On CPU, XLA's compile of the YOLOv5 train step takes minutes and
+        # its steps are no faster: not worth it in a few-minute run.
+        jit_compile = False
     recipe = recipes.make_recipe(version, num_classes, image_size)
     postprocess = recipe.postprocess()
     val_batches = batch_dataset(val_ds, batch_size, shuffle=False)
 
     t = time.perf_counter()
     untrained = recipe.build_model()
-    import tensorflow as tf
-
     detect = tf.function(lambda x: postprocess(untrained(x, training=False)))
     baseline = metrics.evaluate(detect, val_batches,
                                 recipe.bounding_box_format, num_classes)
@@ -196,7 +198,9 @@ def add_parser(subparsers):
                         choices=["sgd", "adamw", "adam"])
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--jit-compile", default="auto",
-                        choices=["auto", "true", "false"])
+                        choices=["auto", "true", "false"],
+                        help="auto: XLA on GPUs, off on CPU (its compile "
+                        "takes minutes there)")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     parser.set_defaults(func=run)
