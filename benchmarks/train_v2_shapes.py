@@ -86,6 +86,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--darknet-compat", action="store_true")
+    parser.add_argument("--ignore-thresh", type=float, default=None,
+                        help="seed mode: no noobj loss above this IoU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="write the JSON result here")
     args = parser.parse_args(argv)
@@ -103,7 +105,7 @@ def main(argv=None):
 
     model = small_v2(args.num_classes, args.num_anchors, args.image_size)
     loss = YoloV2Loss(args.num_classes, anchors=[anchors],
-                      bounding_box_format=FORMAT,
+                      bounding_box_format=FORMAT, ignore_thresh=args.ignore_thresh,
                       darknet_compat=args.darknet_compat)
     steps = args.epochs * (args.train_images // args.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
