@@ -260,12 +260,14 @@ class Steps(keras.callbacks.Callback):
     def on_train_batch_end(self, b, logs=None):
         self.losses.append(float(logs["loss"]))
 
+# MultiWorkerMirroredStrategy must exist before any other TF op runs.
+strategy = training.make_strategy(sys.argv[4])
 steps = Steps()
 ds = data.shapes(num_images=32, image_size=64, num_classes=3, seed=0)
 res = training.train(
     lambda: build_tiny_model(64, 3, seed=0), TinyLoss(3), ds, epochs=1,
     batch_size=8, optimizer="sgd", learning_rate=0.01, ema=False,
-    shuffle=False, strategy=sys.argv[4], jit_compile="auto",
+    shuffle=False, strategy=strategy, jit_compile="auto",
     warmup_epochs=0, run_dir=sys.argv[3], extra_callbacks=[steps])
 print("RESULT" + json.dumps({"losses": steps.losses,
                              "replicas": res.metrics["replicas"],

@@ -122,7 +122,11 @@ def run_train(args):
     from training.run import setup_logging
     from training.trainer import train
 
+    from training.strategy import make_strategy
+
     setup_logging()
+    # Before any other TF op: MultiWorkerMirroredStrategy requires it.
+    strategy = make_strategy(args.strategy)
     train_ds, num_classes = _dataset(args, "train")
     val_ds, _ = _dataset(args, "val")
     args.num_classes = num_classes
@@ -138,7 +142,7 @@ def run_train(args):
         optimizer=args.optimizer, learning_rate=args.learning_rate,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs,
         ema=not args.no_ema, ema_momentum=ema_momentum,
-        strategy=args.strategy,
+        strategy=strategy,
         jit_compile={"auto": "auto", "true": True,
                      "false": False}[args.jit_compile],
         run_dir=args.out,

@@ -13,6 +13,10 @@ its loss wrapper reduces by the number of replicas before the gradients are
 summed across replicas; `keras_yolo.models.YoloModel` does the same for the
 YOLO losses, so the learning rate does not depend on the replica count.
 
+`MultiWorkerMirroredStrategy` must be created before any other TF op runs
+(TF: "Collective ops must be configured at program startup"): create it
+first with `make_strategy` and pass the object to `train` (the CLI does).
+
 XLA: a `MirroredStrategy` over several *CPU* devices cannot compile the
 train step with XLA (TF raises "Trying to access resource ... located in
 device CPU:1"); `resolve_jit_compile("auto", strategy)` turns it off there

@@ -28,8 +28,6 @@ from training import strategy as strategy_lib
 from training.schedules import WarmupDecay
 
 _logger = logging.getLogger("training")
-# The best-mAP checkpoint only sees val_map50 on evaluation epochs.
-warnings.filterwarnings("ignore", message="Can save best model only")
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 # ultralytics' SGD momentum and weight decay (hyp.scratch-low.yaml).
@@ -156,6 +154,47 @@ def batch_dataset(dataset, batch_size, shuffle=True, seed=0, repeat=False):
         tf.data.experimental.AutoShardPolicy.DATA)
     options.deterministic = not shuffle or seed is not None
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _patch_keras_multi_worker_reduce():
+    """Keras 3.15 reduces every multi-worker log with
+    `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars (the loss,
+    every metric): reduce scalars with `axis=None` instead."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_keras_yolo_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if (reduction in ("auto", "mean") and
+                tf_trainer._collective_all_reduce_multi_worker(strategy)):
+            def scalar_safe(v):
+                local = strategy.experimental_local_results(v)
+                if all(getattr(x, "shape", None) is not None
+                       and x.shape.rank == 0 for x in local):
+                    return strategy.reduce("MEAN", v, axis=None)
+                return original(v, strategy, reduction)
+
+            return keras.tree.map_structure(scalar_safe, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._keras_yolo_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def _skip_distributed_symbolic_build(model, batches):
+    """Keras 3.15's `fit` under MultiWorkerMirroredStrategy "MEAN"-reduces a
+    distributed first batch only to read its shapes, and that reduce fails
+    ("Attempt to convert a value (PerReplica ...)"); give it a local batch
+    instead (same shapes)."""
+    local = next(iter(batches))
+    build = type(model)._maybe_symbolic_build
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        return build(model, data_batch=local)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
 
 
 def _instantiate(thing, kind):
@@ -293,6 +332,9 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         # step a second trace (tf.function retraces a step that created
         # variables): 143 s -> 34 s for small_v5's first step.
         model.optimizer.build(model.trainable_variables)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _skip_distributed_symbolic_build(model, train_batches)
+        _patch_keras_multi_worker_reduce()
 
     settings = {
         "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
@@ -332,8 +374,11 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
     callbacks.extend(extra_callbacks)
 
     start = time.perf_counter()
-    model.fit(train_batches, epochs=epochs, steps_per_epoch=fit_steps,
-              callbacks=callbacks, verbose=verbose, shuffle=False)
+    with warnings.catch_warnings():
+        # The best-mAP checkpoint only sees val_map50 on evaluation epochs.
+        warnings.filterwarnings("ignore", message="Can save best model only")
+        model.fit(train_batches, epochs=epochs, steps_per_epoch=fit_steps,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
     train_seconds = time.perf_counter() - start
     history = run_lib.read_history(run_dir)
     epochs_done = history[-1]["epoch"] if history else 0
