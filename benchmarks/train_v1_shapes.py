@@ -91,19 +91,19 @@ def evaluate(model, decode, dataset, image_size, num_classes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--train-images", type=int, default=1024)
+    parser.add_argument("--train-images", type=int, default=2048)
     parser.add_argument("--val-images", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--num-classes", type=int, default=3)
     parser.add_argument("--grid-size", type=int, default=7)
     parser.add_argument("--boxes-per-cell", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--darknet-compat", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--jitter", type=float, default=0.3,
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--jitter", type=float, default=0.2,
                         help="largest fraction of the image cropped away per axis")
     parser.add_argument("--eval-train-images", type=int, default=256,
                         help="also report mAP on this many training images")
