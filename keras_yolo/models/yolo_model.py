@@ -1,6 +1,7 @@
 """`YoloModel`: a `keras.Model` whose loss takes the ground-truth dict."""
 
 import keras
+import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
@@ -11,8 +12,9 @@ class YoloModel(keras.Model):
     the same structure; a YOLO loss takes a ground-truth dict
     `{"boxes": (B, M, 4), "labels": (B, M)}` and a list of level outputs, so
     the loss is called directly instead. Works with `jit_compile=True` and
-    under `tf.distribute` strategies (the loss returns a per-replica mean;
-    Keras scales it by the number of replicas).
+    under `tf.distribute` strategies: Keras sums gradients over replicas
+    and divides only the losses it reduces itself, so the scalar YOLO loss
+    is divided here by the number of replicas in sync.
 
     Example:
         >>> model = YoloModel(inputs, [p3, p4, p5])
@@ -27,4 +29,4 @@ class YoloModel(keras.Model):
         total = self.loss(y, y_pred)
         if self.losses:
             total = total + keras.ops.sum(self.losses)
-        return total
+        return total / tf.distribute.get_strategy().num_replicas_in_sync
