@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
+from keras_yolo.layers.flatten import flatten_cells
 
 # exp() of a larger t_w stays finite in float32 and is a box more than 10^8
 # anchors wide, which overlaps nothing; clipping keeps IoUs free of inf/NaN.
@@ -130,12 +131,10 @@ class YoloV3Decode(keras.layers.Layer):
                 raise ValueError(
                     f"a level with anchors {mask} needs {len(mask)} anchors "
                     f"on axis 3; got raw shape {raw.shape}.")
-            batch = _dim(raw, 0)
             level = decode_level(raw, self.all_anchors[mask], stride)
-            boxes.append(tf.reshape(level, [batch, -1, 4]))
-            objectness.append(tf.reshape(tf.sigmoid(raw[..., 4]), [batch, -1]))
-            probs.append(tf.reshape(tf.sigmoid(raw[..., 5:]),
-                                    [batch, -1, raw.shape[-1] - 5]))
+            boxes.append(flatten_cells(level))
+            objectness.append(flatten_cells(tf.sigmoid(raw[..., 4])))
+            probs.append(flatten_cells(tf.sigmoid(raw[..., 5:])))
         boxes = tf.concat(boxes, axis=1)
         if self.bounding_box_format != "rel_center_xywh":
             raw = inputs[0]

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
+from keras_yolo.layers.flatten import flatten_cells
 
 # AlexeyAB darknet cfg/yolov4.cfg: scale_x_y of the P3, P4, P5 [yolo] layers.
 YOLOV4_SCALE_X_Y = (1.2, 1.1, 1.05)
@@ -117,12 +118,9 @@ class YoloV4Decode(keras.layers.Layer):
                 image_shape = (tf.shape(raw)[1] * stride,
                                tf.shape(raw)[2] * stride)
             boxes = decode_level(raw, anchors, stride, scale)
-            batch = tf.shape(raw)[0]
-            all_boxes.append(tf.reshape(boxes, (batch, -1, 4)))
-            all_obj.append(tf.reshape(tf.sigmoid(raw[..., 4]), (batch, -1)))
-            num_classes = raw.shape[-1] - 5
-            all_cls.append(tf.reshape(tf.sigmoid(raw[..., 5:]),
-                                      (batch, -1, num_classes)))
+            all_boxes.append(flatten_cells(boxes))
+            all_obj.append(flatten_cells(tf.sigmoid(raw[..., 4])))
+            all_cls.append(flatten_cells(tf.sigmoid(raw[..., 5:])))
         boxes = tf.concat(all_boxes, axis=1)
         boxes = box_ops.convert(boxes, "rel_center_xywh",
                                 self.bounding_box_format, image_shape)
