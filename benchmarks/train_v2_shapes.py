@@ -13,6 +13,11 @@ whose anchor prior term is on for the first 12800 images) on
 (`keras_yolo.metrics.coco_map`) on held-out images of another seed. Prints
 one JSON line with the settings, the wall time and the metrics, and writes
 it to `--output` when given.
+
+Measured (2 shared cores, `--image-size 192 --train-images 768 --epochs 20`,
+960 steps, k-means anchors mean IoU 0.604, 256 held-out images):
+seed objective mAP@0.5 0.104 (mAP 0.034); seed with `--ignore-thresh 0.6`
+0.129 (0.041); `--darknet-compat` 0.380 (0.139).
 """
 
 import argparse
