@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
+from keras_yolo.layers.flatten import flatten_cells
 
 
 def check_v2_anchors(anchors, strides):
@@ -108,15 +109,12 @@ class YoloV2Decode(keras.layers.Layer):
         height, width = tf.shape(raw)[1], tf.shape(raw)[2]
         cells = np.asarray(self.anchors[0]) / stride
         boxes, objectness, class_probs = decode_v2(raw, cells)
-        batch = tf.shape(raw)[0]
-        num_classes = raw.shape[-1] - 5
-        boxes = box_ops.convert(tf.reshape(boxes, (batch, -1, 4)),
+        boxes = box_ops.convert(flatten_cells(boxes),
                                 "rel_center_xywh", self.bounding_box_format,
                                 (height * stride, width * stride))
         return {"boxes": boxes,
-                "objectness": tf.reshape(objectness, (batch, -1)),
-                "class_probs": tf.reshape(class_probs,
-                                          (batch, -1, num_classes))}
+                "objectness": flatten_cells(objectness),
+                "class_probs": flatten_cells(class_probs)}
 
     def get_config(self):
         config = super().get_config()
