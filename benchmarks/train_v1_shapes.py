@@ -7,7 +7,7 @@
 parametrisation; `--darknet-compat` trains darknet's variant instead) on
 `keras_yolo.data.shapes` with horizontal flips, then `YoloV1Decode`,
 `keras_yolo.postprocess.non_max_suppression` and COCO mAP
-(`keras_yolo.metrics.coco_map`) on held-out images of another seed. Prints
+(`keras_yolo.metrics.evaluate`) on held-out images of another seed. Prints
 one JSON line with the settings, the wall time and the metrics, and writes
 it to `--output` when given.
 
@@ -33,31 +33,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV1Decode  # noqa: E402
 from keras_yolo.losses import YoloV1Loss  # noqa: E402
-from keras_yolo.metrics import coco_map  # noqa: E402
 from keras_yolo.models.small_v1 import small_v1  # noqa: E402
-from keras_yolo.postprocess import non_max_suppression  # noqa: E402
+from shapes_common import FORMAT, evaluate, flip  # noqa: E402
 
-FORMAT = "rel_center_xywh"
-# mAP is measured on (almost) every detection, as COCO evaluation does.
-EVAL_CONF_THRES = 0.001
-NMS_IOU_THRES = 0.5
 MIN_PIXELS = 3  # boxes cropped thinner than this are dropped by crop_jitter
 
 
-def flip(image, y):
-    """Random horizontal flip of an image and its rel_center_xywh boxes."""
-    do = tf.random.uniform(()) < 0.5
-    image = tf.where(do, image[:, ::-1], image)
-    x, rest = y["boxes"][:, :1], y["boxes"][:, 1:]
-    boxes = tf.where(do, tf.concat([1.0 - x, rest], -1), y["boxes"])
-    boxes = tf.where(y["labels"][:, None] >= 0, boxes, 0.0)
-    return image, {"boxes": boxes, "labels": y["labels"]}
 
 
 def crop_jitter(image, y, jitter):
@@ -86,18 +72,6 @@ def crop_jitter(image, y, jitter):
     return image, {"boxes": boxes, "labels": labels}
 
 
-def evaluate(model, decode, dataset, image_size, num_classes):
-    gts, dets = [], []
-    for images, y in dataset:
-        out = non_max_suppression(
-            decode(model(images, training=False)), conf_thres=EVAL_CONF_THRES,
-            iou_thres=NMS_IOU_THRES, max_det=100, bounding_box_format=FORMAT)
-        gts.append({k: v.numpy() for k, v in y.items()})
-        dets.append({k: v.numpy() for k, v in out.items()})
-    y_true = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]}
-    y_pred = {k: np.concatenate([d[k] for d in dets]) for k in dets[0]}
-    return coco_map(y_true, y_pred, FORMAT, image_shape=(image_size, image_size),
-                    num_classes=num_classes)
 
 
 def main(argv=None):
@@ -154,10 +128,9 @@ def main(argv=None):
     decode = YoloV1Decode(args.num_classes, args.grid_size, args.boxes_per_cell,
                           bounding_box_format=FORMAT,
                           parametrization=parametrization)
-    metrics = evaluate(model, decode, val.batch(64), args.image_size,
-                       args.num_classes)
+    metrics = evaluate(model, decode, val.batch(64), args.num_classes)
     seen = evaluate(model, decode, train.take(args.eval_train_images).batch(64),
-                    args.image_size, args.num_classes)
+                    args.num_classes)
     result = dict(
         settings=vars(args), data_seconds=round(data_seconds, 1),
         train_seconds=round(train_seconds, 1), steps=steps,

@@ -10,7 +10,7 @@ seed's objective; `--darknet-compat` trains darknet's `[region]` variant,
 whose anchor prior term is on for the first 12800 images) on
 `keras_yolo.data.shapes` with horizontal flips, then `YoloV2Decode`,
 `keras_yolo.postprocess.non_max_suppression` and COCO mAP
-(`keras_yolo.metrics.coco_map`) on held-out images of another seed. Prints
+(`keras_yolo.metrics.evaluate`) on held-out images of another seed. Prints
 one JSON line with the settings, the wall time and the metrics, and writes
 it to `--output` when given.
 
@@ -37,24 +37,11 @@ from keras_yolo import anchors as anchor_ops  # noqa: E402
 from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV2Decode  # noqa: E402
 from keras_yolo.losses import YoloV2Loss  # noqa: E402
-from keras_yolo.metrics import coco_map  # noqa: E402
 from keras_yolo.models.small_v2 import small_v2  # noqa: E402
-from keras_yolo.postprocess import non_max_suppression  # noqa: E402
-
-FORMAT = "rel_center_xywh"
-# mAP is measured on (almost) every detection, as COCO evaluation does.
-EVAL_CONF_THRES = 0.001
-NMS_IOU_THRES = 0.5
+from shapes_common import FORMAT, evaluate, flip  # noqa: E402
 
 
-def flip(image, y):
-    """Random horizontal flip of an image and its rel_center_xywh boxes."""
-    do = tf.random.uniform(()) < 0.5
-    image = tf.where(do, image[:, ::-1], image)
-    x, rest = y["boxes"][:, :1], y["boxes"][:, 1:]
-    boxes = tf.where(do, tf.concat([1.0 - x, rest], -1), y["boxes"])
-    boxes = tf.where(y["labels"][:, None] >= 0, boxes, 0.0)
-    return image, {"boxes": boxes, "labels": y["labels"]}
+
 
 
 def training_box_sizes(dataset, image_size):
@@ -66,18 +53,6 @@ def training_box_sizes(dataset, image_size):
     return np.concatenate(sizes)
 
 
-def evaluate(model, decode, dataset, image_size, num_classes):
-    gts, dets = [], []
-    for images, y in dataset:
-        out = non_max_suppression(
-            decode(model(images, training=False)), conf_thres=EVAL_CONF_THRES,
-            iou_thres=NMS_IOU_THRES, max_det=100, bounding_box_format=FORMAT)
-        gts.append({k: v.numpy() for k, v in y.items()})
-        dets.append({k: v.numpy() for k, v in out.items()})
-    y_true = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]}
-    y_pred = {k: np.concatenate([d[k] for d in dets]) for k in dets[0]}
-    return coco_map(y_true, y_pred, FORMAT, image_shape=(image_size, image_size),
-                    num_classes=num_classes)
 
 
 def main(argv=None):
@@ -125,8 +100,7 @@ def main(argv=None):
     train_seconds = time.time() - start
 
     decode = YoloV2Decode(anchors=[anchors], bounding_box_format=FORMAT)
-    metrics = evaluate(model, decode, val.batch(64), args.image_size,
-                       args.num_classes)
+    metrics = evaluate(model, decode, val.batch(64), args.num_classes)
     result = dict(
         settings=vars(args), anchors=np.round(anchors, 1).tolist(),
         anchor_mean_iou=round(anchor_iou, 4),

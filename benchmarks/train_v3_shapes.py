@@ -7,7 +7,7 @@
 trains darknet's [yolo] variant, `--coord-iou-gate none` drops the seed's
 IoU indicator on the coordinate term) on `keras_yolo.data.shapes` with
 horizontal flips, then `YoloV3Decode`, `keras_yolo.postprocess.
-non_max_suppression` and COCO mAP (`keras_yolo.metrics.coco_map`:
+non_max_suppression` and COCO mAP (`keras_yolo.metrics.evaluate`:
 mAP@0.5 and mAP@0.5:0.95) on held-out images of another seed. The anchors
 are darknet's nine COCO anchors scaled from 416 to the input size. Prints
 one JSON line with the settings, the wall time and the metrics, and writes
@@ -42,39 +42,14 @@ from keras_yolo.anchors import YOLOV3_ANCHORS  # noqa: E402
 from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV3Decode  # noqa: E402
 from keras_yolo.losses import YoloV3Loss  # noqa: E402
-from keras_yolo.metrics import coco_map  # noqa: E402
 from keras_yolo.models.small_v3 import small_v3  # noqa: E402
-from keras_yolo.postprocess import non_max_suppression  # noqa: E402
+from shapes_common import FORMAT, evaluate, flip  # noqa: E402
 
-FORMAT = "rel_center_xywh"
 REFERENCE_SIZE = 416  # the input size darknet's COCO anchors were fitted at
-# mAP is measured on (almost) every detection, as COCO evaluation does.
-EVAL_CONF_THRES = 0.001
-NMS_IOU_THRES = 0.5
 
 
-def flip(image, y):
-    """Random horizontal flip of an image and its rel_center_xywh boxes."""
-    do = tf.random.uniform(()) < 0.5
-    image = tf.where(do, image[:, ::-1], image)
-    x, rest = y["boxes"][:, :1], y["boxes"][:, 1:]
-    boxes = tf.where(do, tf.concat([1.0 - x, rest], -1), y["boxes"])
-    boxes = tf.where(y["labels"][:, None] >= 0, boxes, 0.0)
-    return image, {"boxes": boxes, "labels": y["labels"]}
 
 
-def evaluate(model, decode, dataset, image_size, num_classes):
-    gts, dets = [], []
-    for images, y in dataset:
-        out = non_max_suppression(
-            decode(model(images, training=False)), conf_thres=EVAL_CONF_THRES,
-            iou_thres=NMS_IOU_THRES, max_det=100, bounding_box_format=FORMAT)
-        gts.append({k: v.numpy() for k, v in y.items()})
-        dets.append({k: v.numpy() for k, v in out.items()})
-    y_true = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]}
-    y_pred = {k: np.concatenate([d[k] for d in dets]) for k in dets[0]}
-    return coco_map(y_true, y_pred, FORMAT, image_shape=(image_size, image_size),
-                    num_classes=num_classes)
 
 
 def main(argv=None):
@@ -121,8 +96,7 @@ def main(argv=None):
     train_seconds = time.time() - start
 
     decode = YoloV3Decode(anchors=anchors, bounding_box_format=FORMAT)
-    metrics = evaluate(model, decode, val.batch(64), args.image_size,
-                       args.num_classes)
+    metrics = evaluate(model, decode, val.batch(64), args.num_classes)
     result = dict(
         settings=vars(args), data_seconds=round(data_seconds, 1),
         train_seconds=round(train_seconds, 1), steps=steps,

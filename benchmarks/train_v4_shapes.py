@@ -10,7 +10,7 @@ truth, grid-sensitivity `scale_x_y`; `--darknet-compat` for AlexeyAB's
 gradients) and once with `YoloV3Loss` (the seed's v3 objective). Each model
 is decoded as it was trained (v4: `YoloV4Decode` with `scale_x_y`; v3:
 `YoloV3Decode`), then `keras_yolo.postprocess.non_max_suppression` and COCO
-mAP (`keras_yolo.metrics.coco_map`: mAP@0.5 and mAP@0.5:0.95) on held-out
+mAP (`keras_yolo.metrics.evaluate`: mAP@0.5 and mAP@0.5:0.95) on held-out
 images of another seed. Anchors: yolov4.cfg's nine scaled from 608 to the
 input size. Prints one JSON line with both results, their ratio and the
 wall times, and writes it to `--output` when given.
@@ -39,38 +39,14 @@ from keras_yolo.anchors import YOLOV4_ANCHORS  # noqa: E402
 from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV3Decode, YoloV4Decode  # noqa: E402
 from keras_yolo.losses import YoloV3Loss, YoloV4Loss  # noqa: E402
-from keras_yolo.metrics import coco_map  # noqa: E402
 from keras_yolo.models.small_v4 import small_v4  # noqa: E402
-from keras_yolo.postprocess import non_max_suppression  # noqa: E402
+from shapes_common import FORMAT, evaluate, flip  # noqa: E402
 
-FORMAT = "rel_center_xywh"
 REFERENCE_SIZE = 608  # the input size yolov4.cfg's anchors were fitted at
-EVAL_CONF_THRES = 0.001  # mAP over (almost) every detection, as COCO does
-NMS_IOU_THRES = 0.5
 
 
-def flip(image, y):
-    """Random horizontal flip of an image and its rel_center_xywh boxes."""
-    do = tf.random.uniform(()) < 0.5
-    image = tf.where(do, image[:, ::-1], image)
-    x, rest = y["boxes"][:, :1], y["boxes"][:, 1:]
-    boxes = tf.where(do, tf.concat([1.0 - x, rest], -1), y["boxes"])
-    boxes = tf.where(y["labels"][:, None] >= 0, boxes, 0.0)
-    return image, {"boxes": boxes, "labels": y["labels"]}
 
 
-def evaluate(model, decode, dataset, image_size, num_classes):
-    gts, dets = [], []
-    for images, y in dataset:
-        out = non_max_suppression(
-            decode(model(images, training=False)), conf_thres=EVAL_CONF_THRES,
-            iou_thres=NMS_IOU_THRES, max_det=100, bounding_box_format=FORMAT)
-        gts.append({k: v.numpy() for k, v in y.items()})
-        dets.append({k: v.numpy() for k, v in out.items()})
-    y_true = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]}
-    y_pred = {k: np.concatenate([d[k] for d in dets]) for k in dets[0]}
-    return coco_map(y_true, y_pred, FORMAT, image_shape=(image_size, image_size),
-                    num_classes=num_classes)
 
 
 def train_one(objective, args, anchors, train, val, initial_weights):
@@ -95,7 +71,7 @@ def train_one(objective, args, anchors, train, val, initial_weights):
     start = time.time()
     history = model.fit(train_ds, epochs=args.epochs, verbose=2)
     seconds = time.time() - start
-    metrics = evaluate(model, decode, val.batch(64), args.image_size, args.num_classes)
+    metrics = evaluate(model, decode, val.batch(64), args.num_classes)
     return dict(train_seconds=round(seconds, 1), steps=steps,
                 final_loss=float(history.history["loss"][-1]),
                 map50=metrics["map50"], map=metrics["map"], mar_100=metrics["mar_100"])

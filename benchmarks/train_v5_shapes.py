@@ -8,7 +8,7 @@
 as ultralytics' train.py does) on `keras_yolo.data.shapes` with horizontal
 flips, then `YoloV5Decode`, `keras_yolo.postprocess.non_max_suppression`
 (ultralytics' val.py settings: conf 0.001, IoU 0.6) and COCO mAP
-(`keras_yolo.metrics.coco_map`: mAP@0.5 and mAP@0.5:0.95) on held-out
+(`keras_yolo.metrics.evaluate`: mAP@0.5 and mAP@0.5:0.95) on held-out
 images of another seed. The anchors are yolov5's P3-P5 anchors scaled from
 416 to the input size (the objects of the shapes task span 3% to 60% of the
 image). Prints one JSON line with the settings, the wall time and the
@@ -32,42 +32,17 @@ from keras_yolo.anchors import YOLOV5_ANCHORS  # noqa: E402
 from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV5Decode  # noqa: E402
 from keras_yolo.losses import YoloV5Loss, scale_hyperparameters  # noqa: E402
-from keras_yolo.metrics import coco_map  # noqa: E402
 from keras_yolo.models.small_v5 import small_v5  # noqa: E402
-from keras_yolo.postprocess import non_max_suppression  # noqa: E402
+from shapes_common import FORMAT, evaluate, flip  # noqa: E402
 
-FORMAT = "rel_center_xywh"
 ANCHOR_REFERENCE_SIZE = 416  # input size the v3/v5 COCO anchors suit best
 # ultralytics val.py: every detection above 0.001, NMS IoU 0.6.
-EVAL_CONF_THRES = 0.001
 EVAL_IOU_THRES = 0.6
 EVAL_MAX_DET = 100
 
 
-def flip(image, y):
-    """Random horizontal flip of an image and its rel_center_xywh boxes."""
-    do = tf.random.uniform(()) < 0.5
-    image = tf.where(do, image[:, ::-1], image)
-    x, rest = y["boxes"][:, :1], y["boxes"][:, 1:]
-    boxes = tf.where(do, tf.concat([1.0 - x, rest], -1), y["boxes"])
-    boxes = tf.where(y["labels"][:, None] >= 0, boxes, 0.0)
-    return image, {"boxes": boxes, "labels": y["labels"]}
 
 
-def evaluate(model, decode, dataset, image_size, num_classes):
-    gts, dets = [], []
-    for images, y in dataset:
-        out = non_max_suppression(
-            decode(model(images, training=False)), conf_thres=EVAL_CONF_THRES,
-            iou_thres=EVAL_IOU_THRES, max_det=EVAL_MAX_DET,
-            bounding_box_format=FORMAT)
-        gts.append({k: v.numpy() for k, v in y.items()})
-        dets.append({k: v.numpy() for k, v in out.items()})
-    y_true = {k: np.concatenate([g[k] for g in gts]) for k in gts[0]}
-    y_pred = {k: np.concatenate([d[k] for d in dets]) for k in dets[0]}
-    return coco_map(y_true, y_pred, FORMAT,
-                    image_shape=(image_size, image_size),
-                    num_classes=num_classes)
 
 
 def main(argv=None):
@@ -112,8 +87,8 @@ def main(argv=None):
     train_seconds = time.time() - start
 
     decode = YoloV5Decode(anchors=anchors, bounding_box_format=FORMAT)
-    metrics = evaluate(model, decode, val.batch(64), args.image_size,
-                       args.num_classes)
+    metrics = evaluate(model, decode, val.batch(64), args.num_classes,
+                       iou_thres=EVAL_IOU_THRES, max_det=EVAL_MAX_DET)
     result = dict(
         settings=vars(args), gains=gains, data_seconds=round(data_seconds, 1),
         train_seconds=round(train_seconds, 1), steps=steps,
