@@ -109,8 +109,14 @@ ISOLATED = textwrap.dedent(r"""
                  getattr(finder, "__name__", ""))
         return any("editable" in str(n).lower() for n in names)
     sys.meta_path[:] = [f for f in sys.meta_path if not editable(f)]
+    # The interpreter's own environment may live inside the project (CI's
+    # .venv); keep it, drop every other path into the project.
+    prefix = os.path.realpath(sys.prefix)
+    def inside(path, folder):
+        path = os.path.realpath(path or ".")
+        return path == folder or path.startswith(folder + os.sep)
     sys.path[:] = [p for p in sys.path
-                   if not os.path.realpath(p or ".").startswith(root)]
+                   if not inside(p, root) or inside(p, prefix)]
     hidden = {m: importlib.util.find_spec(m) is None
               for m in ("keras_yolo", "training", "serving", "tiny_detector")}
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
