@@ -24,7 +24,6 @@ NMS work end to end; the gap is sample efficiency, not a bug.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,15 +34,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV1Decode  # noqa: E402
 from keras_yolo.losses import YoloV1Loss  # noqa: E402
 from keras_yolo.models.small_v1 import small_v1  # noqa: E402
-from shapes_common import FORMAT, evaluate, flip  # noqa: E402
+from shapes_common import (FORMAT, compile_cosine_adam, evaluate,  # noqa: E402
+                           load_shapes, report, training_batches)
 
 MIN_PIXELS = 3  # boxes cropped thinner than this are dropped by crop_jitter
-
-
 
 
 def crop_jitter(image, y, jitter):
@@ -72,8 +69,6 @@ def crop_jitter(image, y, jitter):
     return image, {"boxes": boxes, "labels": labels}
 
 
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-images", type=int, default=2048)
@@ -96,12 +91,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
 
-    start = time.time()
-    train = shapes(args.train_images, args.image_size, args.num_classes,
-                   seed=args.seed, bounding_box_format=FORMAT).cache()
-    val = shapes(args.val_images, args.image_size, args.num_classes,
-                 seed=args.seed + 1000, bounding_box_format=FORMAT)
-    data_seconds = time.time() - start
+    train, val, data_seconds = load_shapes(args)
 
     parametrization = "linear" if args.darknet_compat else "logistic"
     model = small_v1(args.num_classes, args.grid_size, args.boxes_per_cell,
@@ -110,17 +100,10 @@ def main(argv=None):
     loss = YoloV1Loss(args.num_classes, args.grid_size, args.boxes_per_cell,
                       bounding_box_format=FORMAT,
                       darknet_compat=args.darknet_compat)
-    steps = args.epochs * (args.train_images // args.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        args.learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(keras.optimizers.Adam(schedule), loss=loss, jit_compile=True)
-    train_ds = (train.shuffle(args.train_images, seed=args.seed)
-                .map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-                .map(lambda i, y: crop_jitter(i, y, args.jitter)
-                     if args.jitter > 0 else (i, y),
-                     num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(args.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE))
+    steps = compile_cosine_adam(model, loss, args)
+    jitter = ((lambda i, y: crop_jitter(i, y, args.jitter))
+              if args.jitter > 0 else None)
+    train_ds = training_batches(train, args, augment=jitter)
     start = time.time()
     history = model.fit(train_ds, epochs=args.epochs, verbose=2)
     train_seconds = time.time() - start
@@ -138,11 +121,7 @@ def main(argv=None):
         map50=metrics["map50"], map=metrics["map"],
         mar_100=metrics["mar_100"], train_map50=seen["map50"],
         cpu_count=os.cpu_count())
-    line = json.dumps(result)
-    print(line)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(line + "\n")
+    report(result, args.output)
     return result
 
 

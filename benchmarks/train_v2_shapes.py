@@ -21,7 +21,6 @@ seed objective mAP@0.5 0.104 (mAP 0.034); seed with `--ignore-thresh 0.6`
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,17 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_yolo import anchors as anchor_ops  # noqa: E402
-from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV2Decode  # noqa: E402
 from keras_yolo.losses import YoloV2Loss  # noqa: E402
 from keras_yolo.models.small_v2 import small_v2  # noqa: E402
-from shapes_common import FORMAT, evaluate, flip  # noqa: E402
-
-
-
+from shapes_common import (FORMAT, compile_cosine_adam, evaluate,  # noqa: E402
+                           load_shapes, report, training_batches)
 
 
 def training_box_sizes(dataset, image_size):
@@ -51,8 +46,6 @@ def training_box_sizes(dataset, image_size):
         real = y["labels"].numpy() >= 0
         sizes.append(y["boxes"].numpy()[real][:, 2:] * image_size)
     return np.concatenate(sizes)
-
-
 
 
 def main(argv=None):
@@ -73,28 +66,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
 
+    train, val, data_seconds = load_shapes(args)
     start = time.time()
-    train = shapes(args.train_images, args.image_size, args.num_classes,
-                   seed=args.seed, bounding_box_format=FORMAT).cache()
-    val = shapes(args.val_images, args.image_size, args.num_classes,
-                 seed=args.seed + 1000, bounding_box_format=FORMAT)
     sizes = training_box_sizes(train, args.image_size)
     anchors, anchor_iou = anchor_ops.kmeans_anchors(sizes, args.num_anchors,
                                                     seed=args.seed)
-    data_seconds = time.time() - start
+    data_seconds += time.time() - start
 
     model = small_v2(args.num_classes, args.num_anchors, args.image_size)
     loss = YoloV2Loss(args.num_classes, anchors=[anchors],
                       bounding_box_format=FORMAT, ignore_thresh=args.ignore_thresh,
                       darknet_compat=args.darknet_compat)
-    steps = args.epochs * (args.train_images // args.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        args.learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(keras.optimizers.Adam(schedule), loss=loss, jit_compile=True)
-    train_ds = (train.shuffle(args.train_images, seed=args.seed)
-                .map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(args.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE))
+    steps = compile_cosine_adam(model, loss, args)
+    train_ds = training_batches(train, args)
     start = time.time()
     history = model.fit(train_ds, epochs=args.epochs, verbose=2)
     train_seconds = time.time() - start
@@ -110,11 +94,7 @@ def main(argv=None):
         final_loss=float(history.history["loss"][-1]),
         map50=metrics["map50"], map=metrics["map"],
         mar_100=metrics["mar_100"], cpu_count=os.cpu_count())
-    line = json.dumps(result)
-    print(line)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(line + "\n")
+    report(result, args.output)
     return result
 
 

@@ -26,7 +26,6 @@ learns centres more slowly than darknet's (t_x - logistic(t̂_x)) delta.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,20 +35,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_yolo.anchors import YOLOV3_ANCHORS  # noqa: E402
-from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV3Decode  # noqa: E402
 from keras_yolo.losses import YoloV3Loss  # noqa: E402
 from keras_yolo.models.small_v3 import small_v3  # noqa: E402
-from shapes_common import FORMAT, evaluate, flip  # noqa: E402
+from shapes_common import (FORMAT, compile_cosine_adam, evaluate,  # noqa: E402
+                           load_shapes, report, training_batches)
 
 REFERENCE_SIZE = 416  # the input size darknet's COCO anchors were fitted at
-
-
-
-
 
 
 def main(argv=None):
@@ -69,12 +63,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
 
-    start = time.time()
-    train = shapes(args.train_images, args.image_size, args.num_classes,
-                   seed=args.seed, bounding_box_format=FORMAT).cache()
-    val = shapes(args.val_images, args.image_size, args.num_classes,
-                 seed=args.seed + 1000, bounding_box_format=FORMAT)
-    data_seconds = time.time() - start
+    train, val, data_seconds = load_shapes(args)
 
     anchors = (np.array(YOLOV3_ANCHORS, np.float32)
                * args.image_size / REFERENCE_SIZE).tolist()
@@ -83,14 +72,8 @@ def main(argv=None):
     loss = YoloV3Loss(args.num_classes, anchors=anchors,
                       bounding_box_format=FORMAT, coord_iou_gate=gate,
                       darknet_compat=args.darknet_compat)
-    steps = args.epochs * (args.train_images // args.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        args.learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(keras.optimizers.Adam(schedule), loss=loss, jit_compile=True)
-    train_ds = (train.shuffle(args.train_images, seed=args.seed)
-                .map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(args.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE))
+    steps = compile_cosine_adam(model, loss, args)
+    train_ds = training_batches(train, args)
     start = time.time()
     history = model.fit(train_ds, epochs=args.epochs, verbose=2)
     train_seconds = time.time() - start
@@ -105,11 +88,7 @@ def main(argv=None):
         map50=metrics["map50"], map=metrics["map"],
         mar_100=metrics["mar_100"], cpu_count=os.cpu_count(),
         load_average=os.getloadavg()[0])
-    line = json.dumps(result)
-    print(line)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(line + "\n")
+    report(result, args.output)
     return result
 
 

@@ -23,7 +23,6 @@ an under-trained model: a direction, not a margin.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,20 +32,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_yolo.anchors import YOLOV4_ANCHORS  # noqa: E402
-from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV3Decode, YoloV4Decode  # noqa: E402
 from keras_yolo.losses import YoloV3Loss, YoloV4Loss  # noqa: E402
 from keras_yolo.models.small_v4 import small_v4  # noqa: E402
-from shapes_common import FORMAT, evaluate, flip  # noqa: E402
+from shapes_common import (FORMAT, compile_cosine_adam, evaluate,  # noqa: E402
+                           load_shapes, report, training_batches)
 
 REFERENCE_SIZE = 608  # the input size yolov4.cfg's anchors were fitted at
-
-
-
-
 
 
 def train_one(objective, args, anchors, train, val, initial_weights):
@@ -60,14 +54,8 @@ def train_one(objective, args, anchors, train, val, initial_weights):
     else:
         loss = YoloV3Loss(args.num_classes, anchors=anchors, bounding_box_format=FORMAT)
         decode = YoloV3Decode(anchors=anchors, bounding_box_format=FORMAT)
-    steps = args.epochs * (args.train_images // args.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        args.learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(keras.optimizers.Adam(schedule), loss=loss, jit_compile=args.jit)
-    train_ds = (train.shuffle(args.train_images, seed=args.seed)
-                .map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(args.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE))
+    steps = compile_cosine_adam(model, loss, args, jit_compile=args.jit)
+    train_ds = training_batches(train, args)
     start = time.time()
     history = model.fit(train_ds, epochs=args.epochs, verbose=2)
     seconds = time.time() - start
@@ -93,12 +81,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
 
-    start = time.time()
-    train = shapes(args.train_images, args.image_size, args.num_classes,
-                   seed=args.seed, bounding_box_format=FORMAT).cache()
-    val = shapes(args.val_images, args.image_size, args.num_classes,
-                 seed=args.seed + 1000, bounding_box_format=FORMAT).cache()
-    data_seconds = time.time() - start
+    train, val, data_seconds = load_shapes(args, cache_val=True)
     anchors = (np.array(YOLOV4_ANCHORS, np.float32) * args.image_size / REFERENCE_SIZE).tolist()
     model = small_v4(args.num_classes, input_shape=(args.image_size, args.image_size, 3))
     initial_weights = model.get_weights()
@@ -110,11 +93,7 @@ def main(argv=None):
         map50_ratio_v4_over_v3=results["v4"]["map50"] / max(results["v3"]["map50"], 1e-9),
         map_ratio_v4_over_v3=results["v4"]["map"] / max(results["v3"]["map"], 1e-9),
         cpu_count=os.cpu_count(), load_average=os.getloadavg()[0])
-    line = json.dumps(result)
-    print(line)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(line + "\n")
+    report(result, args.output)
     return result
 
 

@@ -16,7 +16,6 @@ metrics, and writes it to `--output` when given.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,23 +25,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from keras_yolo.anchors import YOLOV5_ANCHORS  # noqa: E402
-from keras_yolo.data import shapes  # noqa: E402
 from keras_yolo.layers import YoloV5Decode  # noqa: E402
 from keras_yolo.losses import YoloV5Loss, scale_hyperparameters  # noqa: E402
 from keras_yolo.models.small_v5 import small_v5  # noqa: E402
-from shapes_common import FORMAT, evaluate, flip  # noqa: E402
+from shapes_common import (FORMAT, compile_cosine_adam, evaluate,  # noqa: E402
+                           load_shapes, report, training_batches)
 
 ANCHOR_REFERENCE_SIZE = 416  # input size the v3/v5 COCO anchors suit best
 # ultralytics val.py: every detection above 0.001, NMS IoU 0.6.
 EVAL_IOU_THRES = 0.6
 EVAL_MAX_DET = 100
-
-
-
-
 
 
 def main(argv=None):
@@ -59,12 +53,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
 
-    start = time.time()
-    train = shapes(args.train_images, args.image_size, args.num_classes,
-                   seed=args.seed, bounding_box_format=FORMAT).cache()
-    val = shapes(args.val_images, args.image_size, args.num_classes,
-                 seed=args.seed + 1000, bounding_box_format=FORMAT)
-    data_seconds = time.time() - start
+    train, val, data_seconds = load_shapes(args)
 
     anchors = (np.array(YOLOV5_ANCHORS, np.float32) * args.image_size
                / ANCHOR_REFERENCE_SIZE).tolist()
@@ -73,15 +62,8 @@ def main(argv=None):
                                   image_size=args.image_size)
     loss = YoloV5Loss(args.num_classes, anchors=anchors,
                       bounding_box_format=FORMAT, **gains)
-    steps = args.epochs * (args.train_images // args.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        args.learning_rate, decay_steps=steps, alpha=0.05)
-    model.compile(keras.optimizers.Adam(schedule), loss=loss,
-                  jit_compile=True)
-    train_ds = (train.shuffle(args.train_images, seed=args.seed)
-                .map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(args.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE))
+    steps = compile_cosine_adam(model, loss, args)
+    train_ds = training_batches(train, args)
     start = time.time()
     history = model.fit(train_ds, epochs=args.epochs, verbose=2)
     train_seconds = time.time() - start
@@ -97,11 +79,7 @@ def main(argv=None):
         map50=metrics["map50"], map=metrics["map"],
         mar_100=metrics["mar_100"], cpu_count=os.cpu_count(),
         load_average=os.getloadavg()[0])
-    line = json.dumps(result)
-    print(line)
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(line + "\n")
+    report(result, args.output)
     return result
 
 
