@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 import keras
 
+from darknet_reorg_reference import reorg_cpu
 from keras_yolo import layers
 
 RNG = np.random.default_rng(0)
@@ -128,22 +129,9 @@ def _reorg_seed(x, s):
 
 
 def _reorg_darknet(x, s):
-    """darknet's reorg_cpu(x, w, h, c, batch, stride, forward=0, out), line by line, on NCHW buffers."""
+    """darknet's reorg_cpu(x, w, h, c, batch, stride, forward=0, out) on NCHW buffers."""
     b, h, w, c = x.shape
-    flat = np.transpose(x, (0, 3, 1, 2)).reshape(-1)
-    out = np.zeros_like(flat)
-    out_c = c // (s * s)
-    for bb in range(b):
-        for k in range(c):
-            for j in range(h):
-                for i in range(w):
-                    in_index = i + w * (j + h * (k + c * bb))
-                    c2 = k % out_c
-                    offset = k // out_c
-                    w2 = i * s + offset % s
-                    h2 = j * s + offset // s
-                    out_index = w2 + w * s * (h2 + h * s * (c2 + out_c * bb))
-                    out[in_index] = flat[out_index]
+    out = reorg_cpu(np.transpose(x, (0, 3, 1, 2)).reshape(-1), w, h, c, b, s, forward=0)
     return np.transpose(out.reshape(b, c * s * s, h // s, w // s), (0, 2, 3, 1))
 
 

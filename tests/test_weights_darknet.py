@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import require_file, require_peer
+from darknet_reorg_reference import reorg_cpu
 from keras_yolo.weights import darknet as darknet_import
 from keras_yolo.weights import darknet_layers as dl
 from keras_yolo.weights import load_darknet, make_decoder, parse_cfg
@@ -407,32 +408,11 @@ def test_converted_model_saves_loads_and_compiles(zoo, tmp_path):
 
 # --------------------------------------------------------------- layer units
 
-def _reorg_cpu(x, w, h, c, batch, stride, forward):
-    """darknet src/blas.c reorg_cpu, transcribed loop for loop (flat buffers)."""
-    out = np.zeros_like(x)
-    out_c = c // (stride * stride)
-    for b in range(batch):
-        for k in range(c):
-            for j in range(h):
-                for i in range(w):
-                    in_index = i + w * (j + h * (k + c * b))
-                    c2 = k % out_c
-                    offset = k // out_c
-                    w2 = i * stride + offset % stride
-                    h2 = j * stride + offset // stride
-                    out_index = w2 + w * stride * (h2 + h * stride * (c2 + out_c * b))
-                    if forward:
-                        out[out_index] = x[in_index]
-                    else:
-                        out[in_index] = x[out_index]
-    return out
-
-
 def test_reorg_darknet2018_is_reorg_cpu_of_the_input_dims():
     """pjreddie forward_reorg_layer: reorg_cpu(input, l.w, l.h, l.c, ..., 0)."""
     batch, h, w, c, s = 2, 4, 6, 8, 2
     x = np.arange(batch * h * w * c, dtype=np.float32).reshape(batch, h, w, c)
-    flat = _reorg_cpu(x.transpose(0, 3, 1, 2).reshape(-1), w, h, c, batch, s, forward=0)
+    flat = reorg_cpu(x.transpose(0, 3, 1, 2).reshape(-1), w, h, c, batch, s, forward=0)
     expected = flat.reshape(batch, c * s * s, h // s, w // s).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(np.asarray(dl.DarknetReorg(s, "darknet2018")(x)), expected)
     assert not np.array_equal(expected, tf.nn.space_to_depth(x, s).numpy())
@@ -442,7 +422,7 @@ def test_reorg_space_to_depth_is_alexeyab_order():
     """AlexeyAB forward_reorg_layer: reorg_cpu(input, out_w, out_h, out_c, ..., 0)."""
     batch, h, w, c, s = 2, 4, 6, 8, 2
     x = np.arange(batch * h * w * c, dtype=np.float32).reshape(batch, h, w, c)
-    flat = _reorg_cpu(x.transpose(0, 3, 1, 2).reshape(-1), w // s, h // s, c * s * s, batch, s,
+    flat = reorg_cpu(x.transpose(0, 3, 1, 2).reshape(-1), w // s, h // s, c * s * s, batch, s,
                       forward=0)
     expected = flat.reshape(batch, c * s * s, h // s, w // s).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(np.asarray(dl.DarknetReorg(s, "space_to_depth")(x)), expected)
