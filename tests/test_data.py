@@ -80,19 +80,21 @@ def test_pad_and_overflow():
 
 @pytest.mark.parametrize("boxes,labels,message", [
     ([[0.5, 0.5, np.nan, 0.1]], [0], "field 'boxes' = .*nan.* is not finite"),
-    ([[0.5, 0.5, -0.1, 0.1]], [0], "field 'boxes' = .* has negative width or height"),
+    ([[0.5, 0.5, -0.1, 0.1]], [0], "field 'boxes' = .* has zero or negative width or height"),
+    ([[0.5, 0.5, 0.0, 0.1]], [0], "field 'boxes' = .* has zero or negative width or height"),
+    ([[1.5, 0.5, 0.2, 0.2]], [0], "field 'boxes' = .* lies wholly outside the image"),
+    ([[0.5, 0.5, 0.1, 0.1]], [1.5], "field 'labels' = 1.5 is not an integer"),
     ([[0.95, 0.5, 0.3, 0.1]], [0], "field 'boxes' = .* lies outside the image"),
     ([[0.5, 0.5, 0.1, 0.1]], [3], "field 'labels' = 3 is outside \\[0, 3\\)"),
-    ([[0.5, 0.5, 0.1, 0.1]], [-2], "field 'labels' = -2"),
 ])
 def test_validate_names_the_offending_value(boxes, labels, message):
     y = {"boxes": np.array([boxes + [[9, 9, 9, 9]]], np.float32),
-         "labels": np.array([labels + [-1]], np.int32)}
+         "labels": np.array([labels + [-1]], np.float32 if labels[0] % 1 else np.int32)}
     with pytest.raises(GroundTruthError, match="image 0 row 0: " + message):
         data.validate(y, num_classes=3, bounding_box_format="rel_center_xywh", source="batch")
 
 
 def test_validate_ignores_padded_rows():
-    y = {"boxes": np.array([[[0.5, 0.5, 0.2, 0.2], [np.nan, -5, 9, 9]]], np.float32),
-         "labels": np.array([[1, -1]], np.int32)}
+    y = {"boxes": np.array([[[0.5, 0.5, 0.2, 0.2], [np.nan, -5, 9, 9], [1e30, 0, 0, 0]]], np.float32),
+         "labels": np.array([[1, -1, -7]], np.int32)}  # any negative label is padding
     data.validate(y, num_classes=3, bounding_box_format="rel_center_xywh")

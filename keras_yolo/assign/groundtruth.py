@@ -125,7 +125,7 @@ def describe_first_invalid(boxes, labels, num_classes, bounding_box_format,
     index = tuple(int(i) for i in hits[0])
     field, why = next((f, w) for f, w, mask in checks if mask[index])
     value = (labels_np[index].item() if field == "labels"
-             else boxes_np[index].tolist())
+             else [float(f"{v:.6g}") for v in boxes_np[index]])
     where = " ".join(f"{name} {i}" for name, i in
                      zip(("image", "row")[-len(index):], index))
     prefix = f"{source}: " if source else ""

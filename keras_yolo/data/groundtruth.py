@@ -12,12 +12,8 @@ whatever they hold.
 import numpy as np
 
 from keras_yolo import boxes as box_ops
-
-PAD_LABEL = -1
-
-
-class GroundTruthError(ValueError):
-    """A ground-truth row that cannot be trained on; the message names it."""
+from keras_yolo.assign import groundtruth as policy
+from keras_yolo.assign.groundtruth import PAD_LABEL, GroundTruthError
 
 
 def pad(boxes, labels, max_boxes, on_overflow="error", source=None):
@@ -76,14 +72,17 @@ def validate(y_true, num_classes, bounding_box_format, image_shape=None,
              source=None, tolerance=1e-3):
     """Checks a padded ground-truth dict; raises on the first bad row.
 
-    Checks, on rows whose label is not -1: finite coordinates, non-negative
-    width and height, coordinates inside the image (within `tolerance` of a
-    pixel, or of the unit square for `rel_` formats), labels in
-    `[0, num_classes)`. Labels below -1 are errors too.
+    Applies the policy every loss applies (`keras_yolo.assign.groundtruth`):
+    on real rows (label >= 0; any negative label is padding), labels must be
+    integers in `[0, num_classes)`, coordinates finite, width and height
+    positive, and the box not wholly outside the image. Data is held to one
+    more rule than a loss: no coordinate may stick out of the image by more
+    than `tolerance` (of a pixel's image side, or of the unit square for
+    `rel_` formats), which catches boxes written in the wrong format.
 
     Args:
         y_true: `{"boxes": (B, M, 4), "labels": (B, M)}` array-likes (numpy or
-            eager tensors).
+            eager tensors); `(M, 4)` / `(M,)` for one image.
         num_classes: C.
         bounding_box_format: format of `y_true["boxes"]`.
         image_shape: `(height, width)`, needed for pixel formats' bounds.
@@ -102,42 +101,16 @@ def validate(y_true, num_classes, bounding_box_format, image_shape=None,
             f"{where}: boxes of shape {boxes.shape} do not match labels of "
             f"shape {labels.shape} (want (B, M, 4) and (B, M))."
         )
-    bad = np.argwhere(labels < PAD_LABEL)
-    if len(bad):
-        i, j = bad[0]
-        raise GroundTruthError(
-            f"{where}: image {i} row {j}: field 'labels' = {labels[i, j]}; "
-            f"labels are -1 (padding) or in [0, {num_classes})."
-        )
-    real = labels != PAD_LABEL
-    bad = np.argwhere(real & (labels >= num_classes))
-    if len(bad):
-        i, j = bad[0]
-        raise GroundTruthError(
-            f"{where}: image {i} row {j}: field 'labels' = {labels[i, j]} "
-            f"is outside [0, {num_classes})."
-        )
-    bad = np.argwhere(real & ~np.all(np.isfinite(boxes), axis=-1))
-    if len(bad):
-        i, j = bad[0]
-        raise GroundTruthError(
-            f"{where}: image {i} row {j}: field 'boxes' = "
-            f"{boxes[i, j].tolist()} is not finite."
-        )
+    message = policy.describe_first_invalid(
+        boxes, labels, num_classes, bounding_box_format, image_shape, where)
+    if message:
+        raise GroundTruthError(message)
+    real = np.asarray(policy.real_rows(labels))
     xyxy = np.asarray(
         box_ops.convert(boxes, bounding_box_format,
                         "rel_xyxy" if bounding_box_format.startswith("rel_")
                         else "xyxy")
     )
-    size = xyxy[..., 2:] - xyxy[..., :2]
-    bad = np.argwhere(real & np.any(size < 0, axis=-1))
-    if len(bad):
-        i, j = bad[0]
-        raise GroundTruthError(
-            f"{where}: image {i} row {j}: field 'boxes' = "
-            f"{boxes[i, j].tolist()} has negative width or height "
-            f"({bounding_box_format})."
-        )
     if bounding_box_format.startswith("rel_"):
         upper, tol = np.array([1.0, 1.0]), tolerance
     elif image_shape is not None:
