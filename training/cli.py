@@ -170,22 +170,51 @@ def add_evaluate_parser(subparsers):
                         "and its decode.json, and the run's data settings)")
     parser.add_argument("--model", help="a .keras model (with "
                         "<model>.decode.json)")
-    parser.add_argument("--data", default="shapes", choices=["shapes",
-                                                            "coco"])
+    # Data settings default to None: `--run` restores the run's values for
+    # every one not given here, then EVALUATE_DEFAULTS fill the rest.
+    parser.add_argument("--data", choices=["shapes", "coco"],
+                        help="default: the run's, else shapes")
     parser.add_argument("--val-json")
     parser.add_argument("--val-images-dir")
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--num-classes", type=int, default=3)
-    parser.add_argument("--max-boxes", type=int, default=20)
-    parser.add_argument("--val-images", type=int, default=128)
+    parser.add_argument("--image-size", type=int,
+                        help="default: the run's, else the model's input")
+    parser.add_argument("--num-classes", type=int)
+    parser.add_argument("--max-boxes", type=int)
+    parser.add_argument("--val-images", type=int)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--conf-thres", type=float, default=0.001)
     parser.add_argument("--iou-thres", type=float, default=0.6)
     parser.add_argument("--out", help="write the metrics JSON here "
                         "(default <run>/evaluate.json)")
     parser.set_defaults(func=run_evaluate)
     return parser
+
+
+# Settings `evaluate --run` takes from the run unless given explicitly, and
+# their values when neither gives one.
+EVALUATE_DEFAULTS = {"data": "shapes", "image_size": None, "num_classes": 3,
+                     "max_boxes": 20, "val_images": 128, "seed": 0,
+                     "val_json": None, "val_images_dir": None}
+
+
+def resolve_evaluate_args(args, saved):
+    """Fills each `EVALUATE_DEFAULTS` setting of `args` that is None: from
+    `saved` (a run's `config.json` "args") if it has a value, else the
+    default. Explicit command-line values always win.
+
+    Example:
+        >>> args = argparse.Namespace(data=None, num_classes=None, ...)
+        >>> resolve_evaluate_args(args, {"data": "coco", "num_classes": 80})
+        >>> args.data, args.num_classes
+        ('coco', 80)
+    """
+    for key, default in EVALUATE_DEFAULTS.items():
+        if getattr(args, key, None) is not None:
+            continue
+        value = saved.get(key)
+        setattr(args, key, default if value is None else value)
+    return args
 
 
 def run_evaluate(args):
@@ -205,14 +234,11 @@ def run_evaluate(args):
         return 2
     model_path = args.model or os.path.join(args.run, "model.keras")
     decode_config = load_decode_config(decode_config_path(model_path))
+    saved = {}
     if args.run:
         saved = (read_json(os.path.join(args.run, "config.json"), {})
                  .get("args") or {})
-        for key in ("data", "image_size", "num_classes", "max_boxes",
-                    "val_images", "seed", "val_json", "val_images_dir"):
-            if saved.get(key) is not None and key in vars(args) and (
-                    getattr(args, key) is None or key in ("seed",)):
-                setattr(args, key, saved[key])
+    resolve_evaluate_args(args, saved)
     args.image_size = args.image_size or decode_config["input_shape"][0]
     args.train_images = 0
     val_ds, num_classes = _dataset(args, "val")
@@ -223,9 +249,10 @@ def run_evaluate(args):
                             conf_thres=args.conf_thres,
                             iou_thres=args.iou_thres, max_det=300)
     detect = tf.function(lambda x: nms(decode(model(x, training=False))))
-    result = metrics.evaluate(detect, batch_dataset(val_ds, args.batch_size,
-                                                    shuffle=False),
-                              fmt, num_classes, return_per_class=True)
+    batches = batch_dataset(val_ds, args.batch_size, shuffle=False,
+                            drop_remainder=False)
+    result = metrics.evaluate(detect, batches, fmt, num_classes,
+                              return_per_class=True)
     out = args.out or (os.path.join(args.run, "evaluate.json") if args.run
                        else None)
     if out:

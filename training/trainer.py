@@ -136,9 +136,12 @@ class EmaModelCheckpoint(keras.callbacks.ModelCheckpoint):
             super().on_epoch_end(epoch, logs)
 
 
-def batch_dataset(dataset, batch_size, shuffle=True, seed=0, repeat=False):
-    """Unbatched `(image, gt)` -> static-shape batches of the global batch
-    size (drop_remainder, so XLA and every replica see fixed shapes)."""
+def batch_dataset(dataset, batch_size, shuffle=True, seed=0, repeat=False,
+                  drop_remainder=True):
+    """Unbatched `(image, gt)` -> batches of the global batch size.
+
+    Training keeps `drop_remainder=True` (static shapes for XLA and every
+    replica); evaluation passes False so that every image is scored."""
     if len(dataset.element_spec[0].shape) == 4:
         return dataset  # already batched
     cardinality = int(dataset.cardinality())
@@ -146,7 +149,7 @@ def batch_dataset(dataset, batch_size, shuffle=True, seed=0, repeat=False):
         buffer = cardinality if cardinality > 0 else 1024
         dataset = dataset.shuffle(buffer, seed=seed,
                                   reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if repeat:
         dataset = dataset.repeat()
     options = tf.data.Options()
@@ -357,7 +360,7 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
     callbacks = []
     if val_data is not None:
         val_batches = batch_dataset(val_data, eval_batch_size or batch_size,
-                                    shuffle=False)
+                                    shuffle=False, drop_remainder=False)
         callbacks.append(EmaCocoMetricCallback(
             val_batches, bounding_box_format, postprocess=postprocess,
             every_n_epochs=eval_every, num_classes=num_classes))
