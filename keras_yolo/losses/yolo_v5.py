@@ -5,9 +5,11 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 from keras_yolo import boxes as box_ops
 from keras_yolo.anchors import STRIDES, YOLOV5_ANCHORS
+from keras_yolo.assign import groundtruth
 from keras_yolo.assign.yolo_v5 import build_targets
 
 # ComputeLoss's per-level objectness weights: P3-P5, or P3-P7 for other
@@ -16,6 +18,8 @@ BALANCE_3 = (4.0, 1.0, 0.4)
 BALANCE_OTHER = (4.0, 1.0, 0.25, 0.06, 0.02)
 # bbox_iou's eps: keeps unions and enclosing diagonals away from zero.
 CIOU_EPS = 1e-7
+# Smallest height in CIoU's aspect term `atan(w / h)` (cells).
+MIN_HEIGHT = 1e-12
 # FocalLoss's fixed alpha (ultralytics does not expose it).
 FOCAL_ALPHA = 0.25
 # autobalance: balance_l <- balance_l * MOMENTUM + (1 - MOMENTUM) / L_obj,l.
@@ -76,12 +80,35 @@ def _criterion(logits, targets, pos_weight, fl_gamma):
     return loss
 
 
+@tf.custom_gradient
+def _objectness_and_rows(rows, cell):
+    """`rows[:, 4]` and `rows[cell]` of `(N, 5 + C)` predictions.
+
+    Autodiff would write three full-size gradients (the slice's, the
+    gather's, their sum); this writes one: the objectness column, then the
+    picked rows added in place.
+    """
+    channels = rows.shape[-1]
+
+    def grad(d_obj, d_picked):
+        if d_obj is None:
+            d_obj = tf.zeros(tf.shape(rows)[0:1], rows.dtype)
+        full = tf.pad(d_obj[:, None], [[0, 0], [4, channels - 5]])
+        if d_picked is not None:
+            full = tf.tensor_scatter_nd_add(full, cell[:, None], d_picked)
+        return full, None
+
+    return (rows[:, 4], tf.gather(rows, cell)), grad
+
+
 def ciou(box1, box2, eps=CIOU_EPS):
     """ultralytics `bbox_iou(box1, box2, xywh=True, CIoU=True)`, elementwise.
 
     `CIoU = IoU - (rho²/c² + alpha v)`, `v = 4/pi² (atan(w2/h2) -
     atan(w1/h1))²`, `alpha = v / (v - IoU + 1 + eps)` without gradient;
-    union and c² carry `+ eps` exactly where ultralytics puts it.
+    union and c² carry `+ eps` exactly where ultralytics puts it; heights
+    below `MIN_HEIGHT` are raised to it in the aspect term only (ultralytics
+    gives NaN for a zero height).
     """
     x1, y1, w1, h1 = tf.unstack(box1, 4, axis=-1)
     x2, y2, w2, h2 = tf.unstack(box2, 4, axis=-1)
@@ -97,7 +124,12 @@ def ciou(box1, box2, eps=CIOU_EPS):
     c2 = cw**2 + ch**2 + eps
     rho2 = ((b2x1 + b2x2 - b1x1 - b1x2) ** 2
             + (b2y1 + b2y2 - b1y1 - b1y2) ** 2) / 4
-    v = (4 / math.pi**2) * tf.square(tf.atan(w2 / h2) - tf.atan(w1 / h1))
+    # ultralytics divides by the bare height: a predicted height that
+    # underflows to 0 (t_h < -50) gives NaN there; the floor keeps ours
+    # finite and changes nothing above it.
+    v = (4 / math.pi**2) * tf.square(
+        tf.atan(w2 / tf.maximum(h2, MIN_HEIGHT))
+        - tf.atan(w1 / tf.maximum(h1, MIN_HEIGHT)))
     alpha = tf.stop_gradient(v / (v - iou + (1 + eps)))
     return iou - (rho2 / c2 + v * alpha)
 
@@ -215,7 +247,7 @@ class YoloV5Loss(keras.losses.Loss):
             name="yolo_v5_balance")
 
     # -- the objective --------------------------------------------------
-    def _level(self, preds, level, boxes, labels):
+    def _level(self, preds, level, boxes, labels, compact):
         """Box, objectness (unbalanced) and class terms of one level."""
         _, height, width, num_anchors, channels = preds.shape
         if channels != 5 + self.num_classes:
@@ -226,66 +258,67 @@ class YoloV5Loss(keras.losses.Loss):
             raise ValueError(
                 f"level {level} has {num_anchors} anchors per cell; "
                 f"`anchors[{level}]` has {len(self.anchors[level])}.")
+        dynamic = tf.shape(preds)
+        height = dynamic[1] if height is None else height
+        width = dynamic[2] if width is None else width
         # ultralytics stores anchors in cells of the level: pixels / stride.
         anchors = (tf.constant(self.anchors[level], tf.float32)
                    / float(self.strides[level]))
         t = build_targets(boxes, labels, (height, width), anchors,
-                          self.anchor_t)
+                          self.anchor_t, compact=compact)
         valid = t["valid"]
-        mask = tf.cast(valid, tf.float32)
-        count = tf.reduce_sum(mask)
-        picked = tf.gather_nd(preds, t["indices"], batch_dims=1)  # (B,M,A,5,no)
-
-        pxy = tf.sigmoid(picked[..., 0:2]) * 2.0 - 0.5
-        pwh = tf.square(tf.sigmoid(picked[..., 2:4]) * 2.0) * t["anchor_wh"]
-        # Empty slots get a harmless unit box (no NaN in any branch).
-        tbox = tf.where(valid[..., None], t["box"], [0.5, 0.5, 1.0, 1.0])
-        overlap = ciou(tf.concat([pxy, pwh], -1), tbox)
+        count = tf.reduce_sum(tf.cast(valid, tf.float32))
         safe_count = tf.maximum(count, 1.0)
-        lbox = tf.reduce_sum(mask * (1.0 - overlap)) / safe_count
+        rows = tf.reshape(preds, [-1, channels])  # (B H W A, 5 + C)
+        obj_logits, picked = _objectness_and_rows(rows, t["cell"])
+        if not compact:
+            # Double where: masked slots read a harmless zero prediction, so
+            # no NaN reaches their (discarded) forward or backward values.
+            picked = tf.where(valid[:, None], picked, 0.0)
+
+        pxy = tf.sigmoid(picked[:, 0:2]) * 2.0 - 0.5
+        pwh = tf.square(tf.sigmoid(picked[:, 2:4]) * 2.0) * t["anchor_wh"]
+        # Masked slots get a harmless unit box (no NaN in any branch).
+        tbox = tf.where(valid[:, None], t["box"], [0.5, 0.5, 1.0, 1.0])
+        overlap = ciou(tf.concat([pxy, pwh], -1), tbox)
+        lbox = tf.reduce_sum(tf.where(valid, 1.0 - overlap, 0.0)) / safe_count
 
         # Objectness target, "last write wins" as tobj[b, a, gj, gi] = iou.
         score = tf.maximum(tf.stop_gradient(overlap), 0.0)
         score = (1.0 - self.gr) + self.gr * score
-        flat_index = tf.reshape(t["indices"], [-1, 3])
-        batch = tf.shape(valid)[0]
-        b_index = tf.reshape(tf.broadcast_to(
-            tf.range(batch)[:, None, None, None], tf.shape(valid)), [-1, 1])
-        cell = tf.concat([b_index, flat_index], axis=1)
-        grid = [batch, height, width, num_anchors]
-        flat_valid = tf.reshape(valid, [-1])
-        flat_score = tf.reshape(score, [-1])
+        cells = tf.shape(rows)[0:1]
+        cell = t["cell"][:, None]
         if self.sort_obj_iou:
-            winner = flat_valid
+            winner = valid
         else:
-            order = tf.where(flat_valid, tf.reshape(t["order"], [-1]), -1)
-            last = tf.tensor_scatter_nd_max(
-                tf.fill(grid, -1), cell, order)
-            winner = flat_valid & (tf.gather_nd(last, cell) == order)
+            order = tf.where(valid, t["order"], -1)
+            last = tf.tensor_scatter_nd_max(tf.fill(cells, -1), cell, order)
+            winner = valid & (tf.gather(last, t["cell"]) == order)
         tobj = tf.tensor_scatter_nd_max(
-            tf.zeros(grid, tf.float32), cell,
-            tf.where(winner, flat_score, 0.0))
+            tf.zeros(cells, tf.float32), cell, tf.where(winner, score, 0.0))
         lobj = tf.reduce_mean(
-            _criterion(preds[..., 4], tobj, self.obj_pw, self.fl_gamma))
+            _criterion(obj_logits, tobj, self.obj_pw, self.fl_gamma))
 
         lcls = tf.zeros([], tf.float32)
         if self.num_classes > 1:
             positive = 1.0 - 0.5 * self.label_smoothing  # smooth_BCE
             negative = 0.5 * self.label_smoothing
-            onehot = tf.one_hot(tf.maximum(labels, 0), self.num_classes,
+            target = tf.one_hot(t["label"], self.num_classes,
                                 on_value=positive, off_value=negative)
-            target = tf.broadcast_to(onehot[:, :, None, None, :],
-                                     tf.shape(picked[..., 5:]))
-            bce = _criterion(picked[..., 5:], target, self.cls_pw,
+            bce = _criterion(picked[:, 5:], target, self.cls_pw,
                              self.fl_gamma)
-            lcls = (tf.reduce_sum(mask[..., None] * bce)
+            lcls = (tf.reduce_sum(tf.where(valid[:, None], bce, 0.0))
                     / (safe_count * self.num_classes))
         return lbox, lobj, lcls
 
     def components(self, y_true, y_pred):
         """`{"box", "obj", "cls"}`: ComputeLoss's `lbox, lobj, lcls` (gains
         applied, not multiplied by batch size). Updates the autobalance
-        state when `autobalance=True`."""
+        state when `autobalance=True`.
+
+        Ground truth goes through `groundtruth.sanitize`: eagerly an invalid
+        row raises `GroundTruthError`; in a compiled step it is masked out.
+        """
         levels = list(y_pred) if isinstance(y_pred, (list, tuple)) else [
             y_pred]
         if len(levels) != len(self.strides):
@@ -293,18 +326,25 @@ class YoloV5Loss(keras.losses.Loss):
                 f"`y_pred` must hold {len(self.strides)} levels (strides "
                 f"{self.strides}); got {len(levels)}.")
         levels = [tf.cast(p, tf.float32) for p in levels]
-        labels = tf.cast(y_true["labels"], tf.int32)
-        boxes = tf.cast(y_true["boxes"], tf.float32)
+        first = tf.shape(levels[0])
+        image_shape = (first[1] * self.strides[0], first[2] * self.strides[0])
+        boxes, labels = groundtruth.sanitize(
+            y_true, self.num_classes, self.bounding_box_format,
+            None if self.bounding_box_format.startswith("rel_")
+            else image_shape)
+        boxes = tf.cast(boxes, tf.float32)
         if self.bounding_box_format != "rel_center_xywh":
-            image_shape = (levels[0].shape[1] * self.strides[0],
-                           levels[0].shape[2] * self.strides[0])
             boxes = box_ops.convert(boxes, self.bounding_box_format,
                                     "rel_center_xywh", image_shape)
+        # XLA compiles static shapes: there every padded slot stays, masked.
+        compact = not control_flow_util.GraphOrParentsInXlaContext(
+            tf.compat.v1.get_default_graph())
         balance = self.balance_state
         lbox = lobj = lcls = tf.zeros([], tf.float32)
         updated = []
         for i, preds in enumerate(levels):
-            box_i, obj_i, cls_i = self._level(preds, i, boxes, labels)
+            box_i, obj_i, cls_i = self._level(preds, i, boxes, labels,
+                                              compact)
             lbox += box_i
             lcls += cls_i
             lobj += obj_i * tf.cast(balance[i], tf.float32)
