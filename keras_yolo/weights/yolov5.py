@@ -94,7 +94,8 @@ def state_dict_of(checkpoint):
             raise FileNotFoundError(f"checkpoint={path!r} does not exist")
         if path.endswith(".npz"):
             with np.load(path) as data:
-                return {key: np.asarray(data[key], np.float32) for key in data.files}
+                return {key: np.asarray(data[key], np.float32) for key in data.files
+                        if not key.endswith(_IGNORED_SUFFIXES)}
         checkpoint = _load_pt(path)
     if isinstance(checkpoint, dict) and ("model" in checkpoint or "ema" in checkpoint):
         module = checkpoint.get("ema") or checkpoint.get("model")
@@ -201,6 +202,8 @@ def load_yolov5_weights(model, checkpoint):
 
     state = checkpoint if isinstance(checkpoint, dict) and all(
         isinstance(v, np.ndarray) for v in checkpoint.values()) else state_dict_of(checkpoint)
+    # BatchNorm's step counters (torch `num_batches_tracked`) carry no weights.
+    state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
     used = {f"model.{HEAD_INDEX}.anchors"}
     assignments = []
 

@@ -1,0 +1,258 @@
+"""`load(source, ...)`: a streaming `tf.data` pipeline of a detection dataset.
+
+Stages (each image is read and decoded inside `tf.data`, never all held in
+memory):
+
+    records (sources.read)   paths + boxes, checked once in Python
+    -> index dataset         [shard by file] [shuffle the indices, seeded]
+    -> decode                tf.io.read_file + tf.io.decode_image (JPEG/PNG/
+                             BMP/GIF, any size, grayscale -> RGB), parallel
+    -> augment=False: letterbox to (S, S)         [cache]
+       augment=True:  resize the long side to S   [cache] [shuffle]
+                      -> keras_yolo.data.augment.training_pipeline
+    -> boxes to `bounding_box_format`, padded to `max_boxes` with label -1
+    -> prefetch
+
+Order is deterministic under a seed (a seeded shuffle of the indices,
+`deterministic=True` maps). The dataset's auto-shard policy is `DATA` (each
+worker of a `MultiWorkerMirroredStrategy` keeps its part of the elements);
+`shard=(num_workers, worker_index)` instead shards the *files* before any is
+read (auto-shard `OFF`), so each worker reads only its own images.
+"""
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from keras_yolo import boxes as box_ops
+from keras_yolo.data import sources as sources_lib
+from keras_yolo.data.letterbox import letterbox, letterbox_boxes
+from keras_yolo.data.shapes import CLASS_NAMES, generate
+
+_logger = logging.getLogger("keras_yolo")
+
+# Worst case rows per augmented image: mosaic (4 images) then mixup (x2).
+AUGMENT_BOX_FACTOR = 8
+
+
+def load(source, split="train", image_size=640, augment=False,
+         bounding_box_format="rel_center_xywh", max_boxes=None,
+         images_dir=None, on_error="raise", seed=0, cache=None,
+         shuffle=False, format=None, class_names=None, shard=None,
+         include_difficult=False, num_images=512, num_classes=3,
+         augment_options=None):
+    """An unbatched dataset of letterboxed (or augmented) images and boxes.
+
+    Args:
+        source: an ultralytics dataset YAML, a YOLO txt folder, a COCO JSON
+            (with `images_dir`), a Pascal VOC folder, or `"shapes"` (see
+            `keras_yolo.data.sources`).
+        split: `"train"`, `"val"`, `"test"`, ... (a COCO JSON is one split;
+            shapes: `"train"` uses `seed`, other splits `seed + 1000`).
+        image_size: S, the side of the square images yielded.
+        augment: False: letterbox only. True: the training augmentations of
+            `keras_yolo.data.augment.training_pipeline` (mosaic, affine, HSV,
+            flips, mixup ...), with `augment_options` as its keywords.
+        bounding_box_format: format of the boxes yielded (of the S x S image).
+        max_boxes: M, rows per image; default the most boxes of any image
+            (times `AUGMENT_BOX_FACTOR` with `augment`). An image with more
+            raises (or, with `on_error="skip"`, keeps the first M).
+        images_dir: the image folder of a COCO JSON.
+        on_error: `"raise"` (default) stops at the first bad image or label
+            row, naming it; `"skip"` leaves bad images out and logs a
+            counted summary (see `keras_yolo.data.sources`).
+        seed: seeds the shuffle and the augmentations.
+        cache: None, `"ram"`, or `"disk:PATH"`: keep decoded, resized images
+            after the first epoch (pays when decoding is the bottleneck and
+            the images fit).
+        shuffle: shuffle the order each epoch (seeded by `seed`).
+        format: force a source format (`"yaml"`, `"yolo"`, `"coco"`,
+            `"voc"`) for a folder holding several.
+        class_names: names to use instead of the source's.
+        shard: `(num_shards, index)`: keep only this worker's files.
+        include_difficult: keep VOC `difficult` objects as targets.
+        num_images, num_classes: size and classes of `"shapes"`.
+        augment_options: keywords for `training_pipeline`.
+
+    Returns:
+        `tf.data.Dataset` of `(image float32 (S, S, 3) in [0, 1],
+        {"boxes": (M, 4) float32, "labels": (M,) int32})`, padded rows with
+        label -1 and zero boxes. `dataset.class_names` lists the classes
+        and `dataset.records` holds the `sources.Records` (None for shapes).
+
+    Example:
+        >>> ds = load("coco128/coco128.yaml", split="val", image_size=320)
+        >>> image, y = next(iter(ds))
+        >>> ds.class_names[:2]              # ['person', 'bicycle']
+    """
+    if cache is not None and cache != "ram" and not str(cache).startswith(
+            "disk:"):
+        raise ValueError(f"`cache` must be None, 'ram' or 'disk:PATH'; got "
+                         f"{cache!r}.")
+    if str(source) == "shapes":
+        samples, names, records = _shapes_samples(
+            split, image_size, num_images, num_classes, seed)
+        count, most = num_images, None
+    else:
+        records = sources_lib.read(source, split, format=format,
+                                   images_dir=images_dir,
+                                   class_names=class_names,
+                                   on_error=on_error,
+                                   include_difficult=include_difficult)
+        if not len(records):
+            raise sources_lib.DataError(
+                f"{records.source}: split {split!r} holds no usable image.")
+        names = records.class_names
+        samples, count = _file_samples(records, shard, shuffle and not cache,
+                                       seed, augment, image_size)
+        most = max(len(b) for b in records.boxes)
+    if max_boxes is None:
+        most = most if most is not None else 12
+        max_boxes = max(most * (AUGMENT_BOX_FACTOR if augment else 1), 1)
+    elif most is not None and most > max_boxes and not augment:
+        counts = [len(b) for b in records.boxes]
+        worst = int(np.argmax(counts))
+        message = (f"{records.image_paths[worst]}: {counts[worst]} boxes, "
+                   f"more than max_boxes={max_boxes}")
+        if on_error == "raise":
+            raise sources_lib.DataError(message + "; raise max_boxes.")
+        _logger.warning("%s: keeping the first %d boxes of %d images.",
+                        message, max_boxes,
+                        sum(c > max_boxes for c in counts))
+    if cache == "ram":
+        samples = samples.cache()
+    elif cache:
+        samples = samples.cache(str(cache)[len("disk:"):])
+    if cache and shuffle:
+        samples = samples.shuffle(min(count, 4096), seed=seed,
+                                  reshuffle_each_iteration=True)
+    if augment:
+        samples = _augment(samples, image_size, seed, augment_options or {})
+    finish = _finisher(image_size, bounding_box_format, max_boxes,
+                       truncate=on_error == "skip")
+    dataset = samples.map(finish, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if shard else
+        tf.data.experimental.AutoShardPolicy.DATA)
+    dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    dataset.class_names = list(names)
+    dataset.records = records
+    return dataset
+
+
+def _file_samples(records, shard, shuffle, seed, augment, image_size):
+    """Decoded samples: letterboxed `(S, S, 3)` float + boxes (augment=False)
+    or `(h, w, 3)` uint8 with long side S + boxes (augment=True); boxes
+    unpadded `xyxy` pixels."""
+    counts = np.array([len(b) for b in records.boxes], np.int64)
+    splits = np.concatenate([[0], np.cumsum(counts)])
+    flat_boxes = np.concatenate(records.boxes + [np.zeros((0, 4),
+                                                          np.float32)])
+    flat_labels = np.concatenate(records.labels + [np.zeros((0,), np.int32)])
+    paths = tf.constant(records.image_paths)
+    splits_t = tf.constant(splits)
+    boxes_t = tf.constant(flat_boxes.astype(np.float32))
+    labels_t = tf.constant(flat_labels.astype(np.int32))
+    indices = tf.data.Dataset.range(len(records))
+    count = len(records)
+    if shard:
+        num_shards, index = shard
+        indices = indices.shard(num_shards, index)
+        count = len(range(index, len(records), num_shards))
+    if shuffle:
+        indices = indices.shuffle(count, seed=seed,
+                                  reshuffle_each_iteration=True)
+
+    def decode(i):
+        data = tf.io.read_file(paths[i])
+        image = tf.io.decode_image(data, channels=3, expand_animations=False,
+                                   dtype=tf.uint8)
+        boxes = boxes_t[splits_t[i]:splits_t[i + 1]]
+        labels = labels_t[splits_t[i]:splits_t[i + 1]]
+        if not augment:
+            image, params = letterbox(image, image_size)
+            return image, {"boxes": letterbox_boxes(boxes, params),
+                           "labels": labels}
+        image, boxes = _fit_long_side(image, boxes, image_size)
+        return image, {"boxes": boxes, "labels": labels}
+
+    return indices.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True), count
+
+
+def _fit_long_side(image, boxes, size):
+    """uint8 image resized so its long side is `size` (ultralytics'
+    `load_image`), boxes scaled alike."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    ratio = size / tf.reduce_max(shape)
+    new = tf.maximum(tf.cast(tf.round(shape * ratio), tf.int32), 1)
+    resized = tf.image.resize(image, new, antialias=True)
+    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    scale = tf.cast(new[::-1], tf.float32) / shape[::-1]
+    return resized, boxes * tf.tile(scale, [2])
+
+
+def _shapes_samples(split, image_size, num_images, num_classes, seed):
+    """The synthetic shapes as unpadded samples (square: no letterbox)."""
+    images, gt = generate(num_images, image_size, num_classes, max_boxes=20,
+                          seed=seed if split == "train" else seed + 1000)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (images, gt["boxes"], gt["labels"]))
+
+    def unpad(image, boxes, labels):
+        keep = labels >= 0
+        return image, {"boxes": tf.boolean_mask(boxes, keep),
+                       "labels": tf.boolean_mask(labels, keep)}
+
+    return dataset.map(unpad), list(CLASS_NAMES[:num_classes]), None
+
+
+def _augment(samples, image_size, seed, options):
+    """Samples -> `keras_yolo.data.augment.training_pipeline`."""
+    try:
+        from keras_yolo.data import augment as augment_lib
+    except ImportError as error:
+        raise ImportError("augment=True needs keras_yolo.data.augment "
+                          f"({error}).") from None
+
+    def to_uint8(image, y):
+        if image.dtype != tf.uint8:
+            image = tf.cast(tf.clip_by_value(tf.round(image * 255.0), 0, 255),
+                            tf.uint8)
+        return image, y
+
+    samples = samples.map(to_uint8)
+    return augment_lib.training_pipeline(samples, image_size, seed=seed,
+                                         **options)
+
+
+def _finisher(image_size, bounding_box_format, max_boxes, truncate):
+    """Image to float [0, 1]; `xyxy` pixel boxes to the format, padded."""
+    shape = (image_size, image_size)
+
+    def finish(image, y):
+        if image.dtype == tf.uint8:
+            image = tf.cast(image, tf.float32) / 255.0
+        image = tf.ensure_shape(tf.cast(image, tf.float32),
+                                (image_size, image_size, 3))
+        boxes = tf.reshape(tf.cast(y["boxes"], tf.float32), (-1, 4))
+        labels = tf.reshape(tf.cast(y["labels"], tf.int32), (-1,))
+        count = tf.shape(labels)[0]
+        if not truncate:
+            tf.debugging.assert_less_equal(
+                count, max_boxes, message=f"an image has more boxes than "
+                f"max_boxes={max_boxes}; raise max_boxes")
+        boxes, labels = boxes[:max_boxes], labels[:max_boxes]
+        boxes = box_ops.convert(boxes, "xyxy", bounding_box_format,
+                                image_shape=shape)
+        missing = max_boxes - tf.shape(labels)[0]
+        boxes = tf.pad(boxes, [[0, missing], [0, 0]])
+        labels = tf.pad(labels, [[0, missing]], constant_values=-1)
+        return image, {"boxes": tf.ensure_shape(boxes, (max_boxes, 4)),
+                       "labels": tf.ensure_shape(labels, (max_boxes,))}
+
+    return finish
