@@ -35,7 +35,9 @@ class YoloV5Decode(keras.layers.Layer):
     dtype, any input size; one tensor is accepted for a single level).
     Output: `{"boxes": (B, N, 4), "objectness": (B, N), "class_probs":
     (B, N, C)}` float32, `N = sum_l H_l W_l A`, ordered by level, then row,
-    column, anchor.
+    column, anchor. The batch and grid may be known only at run time. Every
+    output is finite for any raw input: activations are bounded, and a NaN
+    raw value decodes as 0 (an empty box with zero objectness).
 
     Example:
         >>> decode = YoloV5Decode(bounding_box_format="center_xywh")
@@ -64,7 +66,10 @@ class YoloV5Decode(keras.layers.Layer):
 
     def _decode_level(self, raw, level):
         raw = tf.cast(raw, tf.float32)
-        _, height, width, num_anchors, _ = raw.shape
+        _, height, width, num_anchors, channels = raw.shape
+        dynamic = tf.shape(raw)
+        height = dynamic[1] if height is None else height
+        width = dynamic[2] if width is None else width
         stride = float(self.strides[level])
         anchors = tf.constant(self.anchors[level], tf.float32)
         if anchors.shape[0] != num_anchors:
@@ -76,17 +81,22 @@ class YoloV5Decode(keras.layers.Layer):
         gy = tf.range(height, dtype=tf.float32) - GRID_OFFSET
         grid = tf.stack(tf.meshgrid(gx, gy), axis=-1)[None, :, :, None, :]
         act = tf.sigmoid(raw)
+        # A NaN raw output (a diverged model) decodes as an empty box with
+        # zero objectness: no detection, never a NaN one.
+        act = tf.where(tf.math.is_nan(act), 0.0, act)
         xy = (act[..., 0:2] * 2.0 + grid) * stride
         wh = tf.square(act[..., 2:4] * 2.0) * anchors
-        batch = tf.shape(raw)[0]
+        batch = dynamic[0]
         n = height * width * num_anchors
         boxes = tf.reshape(tf.concat([xy, wh], -1), [batch, n, 4])
         if self.bounding_box_format != "center_xywh":
+            image_hw = (tf.cast(height, tf.float32) * stride,
+                        tf.cast(width, tf.float32) * stride)
             boxes = box_ops.convert(
                 boxes, "center_xywh", self.bounding_box_format,
-                image_shape=(height * stride, width * stride))
+                image_shape=image_hw)
         return (boxes, tf.reshape(act[..., 4], [batch, n]),
-                tf.reshape(act[..., 5:], [batch, n, raw.shape[-1] - 5]))
+                tf.reshape(act[..., 5:], [batch, n, channels - 5]))
 
     def call(self, inputs):
         levels = inputs if isinstance(inputs, (list, tuple)) else [inputs]
@@ -105,7 +115,9 @@ class YoloV5Decode(keras.layers.Layer):
     def compute_output_spec(self, inputs):
         levels = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         batch = levels[0].shape[0]
-        n = sum(int(np.prod(x.shape[1:4])) for x in levels)
+        dims = [x.shape[1:4] for x in levels]
+        n = (None if any(d is None for shape in dims for d in shape)
+             else sum(int(np.prod(shape)) for shape in dims))
         c = levels[0].shape[-1] - 5
         return {
             "boxes": keras.KerasTensor((batch, n, 4), "float32"),
