@@ -127,9 +127,11 @@ def _overlap_terms(b1, b2):
     inter = inter_w * inter_h
     union = w1 * h1 + w2 * h2 - inter
     # Where the union is empty (two zero-area boxes) IoU is 0 with a zero
-    # gradient; the double `where` keeps 1/EPSILON out of the backward pass.
+    # gradient; the double `where` keeps 1/0 out of the backward pass. No
+    # epsilon is added to the divisions: boxes arrive in enclosure units
+    # (`_to_enclosure_units`), so the guards alone are relative.
     valid = union > EPSILON
-    iou = tf.where(valid, inter / (tf.where(valid, union, 1.0) + EPSILON), 0.0)
+    iou = tf.where(valid, inter / tf.where(valid, union, 1.0), 0.0)
     # Smallest enclosing box.
     cw = tf.maximum(x2, u2) - tf.minimum(x1, u1)
     ch = tf.maximum(y2, v2) - tf.minimum(y1, v1)
@@ -143,7 +145,7 @@ def _overlap_terms(b1, b2):
 def _aspect_angle(w, h):
     """`atan(w / h)`, 0 with a zero gradient for a box of no width or height."""
     ok = (w > EPSILON) & (h > EPSILON)
-    return tf.where(ok, tf.atan(w / (tf.where(ok, h, 1.0) + EPSILON)), 0.0)
+    return tf.where(ok, tf.atan(w / tf.where(ok, h, 1.0)), 0.0)
 
 
 def ciou_aspect_term(w1, h1, w2, h2):
@@ -161,17 +163,18 @@ def _iou_variant(b1, b2, variant):
     if variant == "giou":
         enclose = t["cw"] * t["ch"]
         ok = enclose > EPSILON
-        empty = (enclose - t["union"]) / (tf.where(ok, enclose, 1.0) + EPSILON)
+        empty = (enclose - t["union"]) / tf.where(ok, enclose, 1.0)
         return iou - tf.where(ok, empty, 0.0)
     # Squared distance between centres over squared diagonal of the enclosure.
     rho2 = tf.square(t["dx"]) + tf.square(t["dy"])
-    c2 = tf.square(t["cw"]) + tf.square(t["ch"]) + EPSILON
-    diou = iou - rho2 / c2
+    c2 = tf.square(t["cw"]) + tf.square(t["ch"])
+    ok = c2 > EPSILON
+    diou = iou - tf.where(ok, rho2 / tf.where(ok, c2, 1.0), 0.0)
     if variant == "diou":
         return diou
     v = ciou_aspect_term(t["w1"], t["h1"], t["w2"], t["h2"])
     # alpha is a constant in the gradient (CIoU paper, section 3.2).
-    alpha = tf.stop_gradient(v / (v - iou + (1.0 + EPSILON)))
+    alpha = tf.stop_gradient(v / (v - iou + (1.0 + EPSILON)))  # 1 - iou + v >= 0
     return diou - alpha * v
 
 
@@ -226,4 +229,24 @@ def iou(boxes1, boxes2, bounding_box_format, variant="ciou", pairwise=False,
     if pairwise:
         b1 = b1[:, None, :]
         b2 = b2[None, :, :]
+    b1, b2 = _to_enclosure_units(b1, b2)
     return tf.cast(_iou_variant(b1, b2, variant), out_dtype)
+
+
+def _to_enclosure_units(b1, b2):
+    """Both corner boxes measured from their enclosure's top-left corner in
+    units of its larger side.
+
+    Every IoU variant is invariant to translation and scale, so this changes
+    no value; it makes EPSILON relative, so two-pixel boxes in `rel_` formats
+    or sub-pixel boxes keep their IoU. The origin and unit are constants of
+    the gradient, which is then exactly the gradient in the input's units.
+    """
+    lo = tf.minimum(b1[..., :2], b2[..., :2])
+    hi = tf.maximum(b1[..., 2:], b2[..., 2:])
+    extent = tf.reduce_max(hi - lo, axis=-1, keepdims=True)
+    finite = tf.math.is_finite(extent) & (extent > 0)
+    unit = tf.stop_gradient(tf.where(finite, extent, tf.ones_like(extent)))
+    origin = tf.stop_gradient(tf.where(tf.math.is_finite(lo), lo, tf.zeros_like(lo)))
+    origin = tf.concat([origin, origin], axis=-1)
+    return (b1 - origin) / unit, (b2 - origin) / unit

@@ -158,3 +158,26 @@ def test_ciou_alpha_is_constant_in_the_gradient():
         d[k] = 1e-6
         numeric.append((f(x0 + d, alpha0)[0] - f(x0 - d, alpha0)[0]) / 2e-6)
     np.testing.assert_allclose(grad[0], numeric, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("variant", ["iou", "giou", "diou", "ciou"])
+def test_overlaps_do_not_depend_on_the_unit(variant):
+    # The same boxes in pixels of a 640 image, in fractions of it, and shrunk to sub-pixel sizes:
+    # every variant is scale invariant, so all must agree with the float64 formula.
+    rng = np.random.default_rng(3)
+    b1, b2 = random_xyxy(rng, 500, scale=4.0), random_xyxy(rng, 500, scale=4.0)
+    expected = np_overlaps(b1, b2, variant)
+    for unit in (1.0, 1 / 640, 1e-4, 1e4):
+        got = boxes.iou((b1 * unit).astype(np.float32), (b2 * unit).astype(np.float32), "xyxy", variant)
+        np.testing.assert_allclose(got, expected, atol=3e-6, err_msg=f"unit {unit}")
+
+
+def test_identical_tiny_boxes_in_relative_formats_overlap_fully():
+    two_pixels = np.array([[0.5, 0.5, 2 / 640, 2 / 640]], np.float32)
+    for box in (two_pixels, two_pixels * [1, 1, 0.1, 0.1]):   # 2 px and 0.2 px
+        for variant in ("iou", "giou", "diou", "ciou"):
+            np.testing.assert_allclose(boxes.iou(box, box, "rel_center_xywh", variant), [1.0], atol=1e-6)
+    # Two 2-pixel boxes overlapping by half: IoU 1/3 whatever the unit.
+    a = np.array([[0.5, 0.5, 2 / 640, 2 / 640]], np.float32)
+    b = a + np.array([[1 / 640, 0, 0, 0]], np.float32)
+    np.testing.assert_allclose(boxes.iou(a, b, "rel_center_xywh", "iou"), [1 / 3], rtol=1e-4)
