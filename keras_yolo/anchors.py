@@ -1,4 +1,5 @@
-"""Default anchors of each YOLO version, in pixels of the input image.
+"""Default anchors of each YOLO version, in pixels of the input image, and
+the data-driven anchors: YOLOv2 dimension clusters and YOLOv5 autoanchor.
 
 Nested as `(levels, anchors_per_level, 2)` with `(w, h)` rows, levels in
 ascending stride. YOLOv2's cfgs give anchors in grid cells of the 13x13
@@ -152,3 +153,189 @@ def _kmeanspp_init(sizes, k, rng):
             weight = np.ones(len(sizes))
         centroids.append(sizes[rng.choice(len(sizes), p=weight / weight.sum())])
     return np.array(centroids, np.float64)
+
+
+# --- YOLOv5 autoanchor --------------------------------------------------------
+# ultralytics yolov5 utils/autoanchor.py: anchors fit a dataset when nearly
+# every label has an anchor within a factor `anchor_t` in width and height
+# (the same ratio test that assigns targets in training).
+
+AUTOANCHOR_RECALL = 0.98     # check_anchors recomputes below this BPR
+MIN_LABEL_PIXELS = 2.0       # kmean_anchors drops labels under this size
+SMALL_LABEL_PIXELS = 3.0     # ... and warns about labels under this size
+# kmean_anchors' genetic search: mutation probability and sigma, clip range.
+MUTATION_PROB, MUTATION_SIGMA, MUTATION_CLIP = 0.9, 0.1, (0.3, 3.0)
+
+
+def label_sizes(sizes, image_shapes, image_size=640):
+    """Label `(w, h)` in pixels of images resized so their longest side is
+    `image_size` (kmean_anchors' `wh0`).
+
+    Args:
+        sizes: list (one per image) of `(n_i, 2)` relative `(w, h)`.
+        image_shapes: `(images, 2)` original `(width, height)`.
+        image_size: training size.
+
+    Returns:
+        `(N, 2)` float64 pixel sizes.
+    """
+    shapes = np.asarray(image_shapes, np.float64).reshape(-1, 2)
+    if len(shapes) != len(sizes):
+        raise ValueError(f"{len(sizes)} label sets for {len(shapes)} "
+                         "image shapes.")
+    shapes = image_size * shapes / shapes.max(1, keepdims=True)
+    parts = [np.asarray(s, np.float64).reshape(-1, 2) * shape
+             for s, shape in zip(sizes, shapes)]
+    return np.concatenate(parts) if parts else np.zeros((0, 2))
+
+
+def _ratio_metric(wh, anchors):
+    """`(N, K)` worst-side ratio `min(r, 1/r)` of each label to each anchor."""
+    r = wh[:, None] / anchors[None]
+    return np.minimum(r, 1.0 / r).min(2)
+
+
+def anchor_recall(wh, anchors, anchor_t=4.0):
+    """check_anchors' metric: `(bpr, aat)`.
+
+        x_ij = min over (w, h) of min(r, 1/r),  r = label_i / anchor_j
+        bpr  = mean_i [max_j x_ij > 1/anchor_t]   (best possible recall)
+        aat  = mean_i sum_j [x_ij > 1/anchor_t]   (anchors above threshold)
+
+    Args:
+        wh: `(N, 2)` label sizes in pixels.
+        anchors: `(..., 2)` anchor sizes in pixels.
+    """
+    wh = np.asarray(wh, np.float32)
+    anchors = np.asarray(anchors, np.float32).reshape(-1, 2)
+    x = _ratio_metric(wh, anchors)
+    return (float((x.max(1) > 1.0 / anchor_t).mean()),
+            float((x > 1.0 / anchor_t).sum(1).mean()))
+
+
+def anchor_fitness(wh, anchors, anchor_t=4.0):
+    """kmean_anchors' fitness: `mean_i best_i · [best_i > 1/anchor_t]`."""
+    best = _ratio_metric(np.asarray(wh, np.float32),
+                         np.asarray(anchors, np.float32).reshape(-1, 2)).max(1)
+    return float((best * (best > 1.0 / anchor_t)).mean())
+
+
+def _lloyd(points, guess, threshold=1e-5):
+    """scipy.cluster.vq._kmeans: Lloyd iterations until the mean distance
+    stops falling by more than `threshold`; empty clusters are dropped."""
+    book = guess.copy()
+    previous = np.inf
+    while True:
+        distance = np.sqrt(((points[:, None] - book[None]) ** 2).sum(-1))
+        code = distance.argmin(1)
+        mean = distance[np.arange(len(points)), code].mean()
+        book = np.array([points[code == j].mean(0)
+                         for j in range(len(book)) if (code == j).any()])
+        if previous - mean <= threshold:
+            return book, mean
+        previous = mean
+
+
+def evolve_anchors(wh, num_anchors=9, image_size=640, anchor_t=4.0,
+                   generations=1000, seed=0, kmeans_restarts=30):
+    """kmean_anchors: k-means of the label sizes, then a genetic search.
+
+    1. Drop labels smaller than 2 px on both sides; whiten `(w, h)` by
+       their standard deviations; k-means (`kmeans_restarts` random starts
+       from the labels, Euclidean, best mean distance), un-whiten.
+    2. `generations` times: multiply every anchor coordinate by
+       `v = clip(1 + [u < 0.9] · U(0,1) · N(0,1) · 0.1, 0.3, 3.0)`, clip at
+       2 px, keep the mutant if its `anchor_fitness` is higher.
+
+    Args:
+        wh: `(N, 2)` label sizes in pixels (see `label_sizes`).
+        num_anchors: n (levels x anchors per level).
+        image_size: the random fallback's scale.
+        anchor_t: the ratio threshold (hyp `anchor_t`).
+        generations: genetic iterations.
+        seed: numpy seed of every random draw.
+
+    Returns:
+        `(num_anchors, 2)` float32 anchors sorted by area.
+
+    Example:
+        >>> wh = label_sizes(sizes, shapes, image_size=640)
+        >>> anchors = evolve_anchors(wh, 9).reshape(3, 3, 2)
+    """
+    rng = np.random.default_rng(seed)
+    wh = np.asarray(wh, np.float64).reshape(-1, 2)
+    points = wh[(wh >= MIN_LABEL_PIXELS).any(1)].astype(np.float32)
+    k = None
+    if num_anchors <= len(points):
+        sigma = points.std(0)
+        sigma = np.where(sigma > 0, sigma, 1.0)
+        white = points / sigma
+        best = None
+        for _ in range(kmeans_restarts):
+            guess = white[rng.choice(len(white), num_anchors, replace=False)]
+            book, distortion = _lloyd(white, guess)
+            if best is None or distortion < best[1]:
+                best = (book, distortion)
+        if len(best[0]) == num_anchors:
+            k = best[0] * sigma
+    if k is None:  # too few or too similar labels: random init as yolov5
+        k = np.sort(rng.random(num_anchors * 2)).reshape(num_anchors, 2) \
+            * image_size
+    fitness = anchor_fitness(points, k, anchor_t)
+    for _ in range(generations):
+        v = np.ones(k.shape)
+        while (v == 1).all():
+            v = ((rng.random(k.shape) < MUTATION_PROB) * rng.random()
+                 * rng.standard_normal(k.shape) * MUTATION_SIGMA + 1.0
+                 ).clip(*MUTATION_CLIP)
+        mutant = (k * v).clip(min=MIN_LABEL_PIXELS)
+        mutant_fitness = anchor_fitness(points, mutant, anchor_t)
+        if mutant_fitness > fitness:
+            fitness, k = mutant_fitness, mutant
+    k = k[np.argsort(k.prod(1), kind="stable")]
+    return k.astype(np.float32)
+
+
+def check_anchors(wh, anchors, anchor_t=4.0, image_size=640,
+                  recall_threshold=AUTOANCHOR_RECALL, generations=1000,
+                  seed=0, scale_jitter=0.1):
+    """check_anchors: keep `anchors` if their best possible recall on the
+    labels exceeds `recall_threshold`, else evolve new ones and keep those
+    if their recall is higher.
+
+    The labels are jittered in scale by `U(1 − scale_jitter, 1 +
+    scale_jitter)` per label for the recall check (yolov5 draws it per
+    image), as training's scale augmentation would.
+
+    Args:
+        wh: `(N, 2)` label sizes in pixels of the training input.
+        anchors: `(levels, A, 2)` pixel anchors.
+
+    Returns:
+        `(anchors, report)`: `(levels, A, 2)` float anchors (sorted by area
+        across levels when replaced) and `{"bpr", "aat", "new_bpr",
+        "replaced"}`.
+
+    Example:
+        >>> anchors, report = check_anchors(wh, YOLOV5_ANCHORS)
+        >>> report["bpr"]        # 0.999: kept
+    """
+    anchors = np.asarray(anchors, np.float64)
+    wh = np.asarray(wh, np.float64).reshape(-1, 2)
+    if not len(wh):
+        raise ValueError("check_anchors needs at least one label size.")
+    rng = np.random.default_rng(seed)
+    jittered = wh * rng.uniform(1 - scale_jitter, 1 + scale_jitter,
+                                size=(len(wh), 1))
+    bpr, aat = anchor_recall(jittered, anchors, anchor_t)
+    report = {"bpr": bpr, "aat": aat, "new_bpr": None, "replaced": False}
+    if bpr > recall_threshold:
+        return anchors, report
+    new = evolve_anchors(wh, anchors.size // 2, image_size, anchor_t,
+                         generations, seed)
+    new_bpr, _ = anchor_recall(jittered, new, anchor_t)
+    report["new_bpr"] = new_bpr
+    if new_bpr > bpr:
+        report["replaced"] = True
+        return new.reshape(anchors.shape).astype(np.float64), report
+    return anchors, report
