@@ -25,7 +25,9 @@ import tensorflow as tf
 from keras_yolo import metrics as coco_metrics
 from training import run as run_lib
 from training import strategy as strategy_lib
-from training.schedules import WarmupDecay
+from training.ema import RampEMA, averaged_extras
+from training.optimizer import CLIP_NORM, YoloSGD, scaled_weight_decay
+from training.schedules import WarmupDecay, YoloV5Schedule
 
 _logger = logging.getLogger("training")
 
@@ -48,20 +50,32 @@ class TrainResult:
 
 
 def make_optimizer(name="sgd", learning_rate=0.01, momentum=SGD_MOMENTUM,
-                   weight_decay=WEIGHT_DECAY, ema=True, ema_momentum=0.999,
-                   clipnorm=None):
-    """SGD (Nesterov, ultralytics' default) or AdamW, with optional EMA of
-    the weights (`use_ema`), weight decay off biases and BatchNorm."""
+                   weight_decay=WEIGHT_DECAY, ema=True, ema_momentum=0.9999,
+                   clipnorm=CLIP_NORM, batch_size=64, nominal_batch_size=64):
+    """The yolov5 recipe's SGD (`training.optimizer.YoloSGD`: parameter
+    groups, coupled L2 on kernels, accumulation to `nominal_batch_size`,
+    clipping, ModelEMA ramp) or Keras' AdamW / Adam (decoupled decay off
+    biases and BatchNorm, Keras' fixed-momentum EMA, global-norm clip).
+
+    For "sgd", `learning_rate` is a `YoloV5Schedule` (a number: constant
+    rate, no warmup) and `ema_momentum` the ramp's final decay."""
     if name not in OPTIMIZERS:
         raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}; "
                          f"got {name!r}.")
-    common = dict(learning_rate=learning_rate, use_ema=bool(ema),
-                  ema_momentum=float(ema_momentum), clipnorm=clipnorm)
     if name == "sgd":
-        opt = keras.optimizers.SGD(momentum=momentum, nesterov=True,
-                                   weight_decay=weight_decay or None,
-                                   **common)
-    elif name == "adamw":
+        schedule = learning_rate
+        if not isinstance(schedule, YoloV5Schedule):
+            schedule = YoloV5Schedule(
+                float(learning_rate), decay="constant", warmup_epochs=0,
+                min_warmup_steps=0, momentum=momentum, batch_size=batch_size,
+                nominal_batch_size=nominal_batch_size)
+        return YoloSGD(schedule, weight_decay=scaled_weight_decay(
+            weight_decay, schedule.batch_size, schedule.nominal_batch_size),
+            gradient_scale=schedule.batch_size, clip_norm=clipnorm,
+            use_ema=bool(ema), ema_decay=float(ema_momentum))
+    common = dict(learning_rate=learning_rate, use_ema=bool(ema),
+                  ema_momentum=float(ema_momentum), global_clipnorm=clipnorm)
+    if name == "adamw":
         opt = keras.optimizers.AdamW(weight_decay=weight_decay, **common)
     else:
         opt = keras.optimizers.Adam(**common)
@@ -98,9 +112,12 @@ def ema_weights(model):
     for v, a in zip(variables, averages):
         if a is not None:
             v.assign(a)
+    swap_extras = getattr(optimizer, "swap_extras", lambda: None)
+    swap_extras()   # BatchNorm statistics (ModelEMA averages them too)
     try:
         yield
     finally:
+        swap_extras()
         for v, value in zip(variables, saved):
             v.assign(value)
 
@@ -212,7 +229,9 @@ def _instantiate(thing, kind):
 def train(model, loss, train_data, *, val_data=None, epochs=10,
           batch_size=16, optimizer="sgd", learning_rate=0.01,
           momentum=SGD_MOMENTUM, weight_decay=WEIGHT_DECAY,
-          schedule="cosine", warmup_epochs=1.0, final_fraction=0.01,
+          schedule="linear", warmup_epochs=3.0, final_fraction=0.01,
+          warmup_bias_lr=0.1, warmup_momentum=0.8, min_warmup_steps=100,
+          nominal_batch_size=64, clip_norm=CLIP_NORM,
           ema=True, ema_momentum="auto", strategy="auto", jit_compile="auto",
           run_dir=None, postprocess=None,
           bounding_box_format="rel_center_xywh", num_classes=None,
@@ -232,15 +251,24 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         val_data: the same for validation mAP (needs `postprocess`).
         epochs: epochs to train (a resumed run continues to this count).
         batch_size: global batch size (split over the replicas).
-        optimizer: `"sgd"` (Nesterov, momentum 0.937), `"adamw"`, `"adam"`.
-        learning_rate: peak learning rate of the schedule.
-        schedule: `"cosine"`, `"linear"` or `"constant"` after warmup.
-        warmup_epochs: linear warmup length in epochs (fractions allowed).
+        optimizer: `"sgd"`: ultralytics yolov5 train.py's recipe
+            (`training.optimizer.YoloSGD` with `YoloV5Schedule`: per-epoch
+            decay, warmup of max(`warmup_epochs`, `min_warmup_steps`)
+            batches with the bias lr falling from `warmup_bias_lr` and the
+            momentum rising from `warmup_momentum`, accumulation to
+            `nominal_batch_size` images, coupled L2 `weight_decay` on
+            kernels, global clip `clip_norm`, ModelEMA); `"adamw"`,
+            `"adam"`: Keras' with `WarmupDecay` (per step, from zero).
+        learning_rate: lr0, the peak learning rate.
+        schedule: `"linear"` (yolov5's default), `"cosine"`, `"sgdr"`
+            (sgd only) or `"constant"` after warmup.
+        warmup_epochs: warmup length in epochs (fractions allowed).
         final_fraction: last learning rate / peak (ultralytics' `lrf`).
         ema: keep an exponential moving average of the weights (Keras'
             `use_ema`); evaluation and the saved model use it.
-        ema_momentum: the EMA momentum or `"auto"` (see
-            `resolve_ema_momentum`).
+        ema_momentum: sgd: ModelEMA's decay (`"auto"`: 0.9999, ramped
+            with tau 2000 steps); adam(w): the fixed EMA momentum or
+            `"auto"` (see `resolve_ema_momentum`).
         strategy: a name of `training.strategy.STRATEGIES` or a
             `tf.distribute.Strategy`.
         jit_compile: `"auto"` (XLA where it works), True or False.
@@ -314,11 +342,20 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         train_batches = train_batches.repeat()
         fit_steps = steps_per_epoch
     total_steps = epochs * steps_per_epoch
-    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)),
-                       total_steps - 1)
-    lr = WarmupDecay(learning_rate, total_steps, warmup_steps, schedule,
-                     final_fraction, adjustable=bool(time_budget))
-    ema_value = resolve_ema_momentum(ema_momentum, total_steps)
+    if optimizer == "sgd":
+        lr = YoloV5Schedule(
+            learning_rate, epochs, steps_per_epoch, schedule, final_fraction,
+            warmup_epochs, min_warmup_steps, warmup_bias_lr, warmup_momentum,
+            momentum, batch_size, nominal_batch_size,
+            adjustable=bool(time_budget))
+        warmup_steps = lr.warmup_steps
+        ema_value = 0.9999 if ema_momentum == "auto" else float(ema_momentum)
+    else:
+        warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)),
+                           total_steps - 1)
+        lr = WarmupDecay(learning_rate, total_steps, warmup_steps, schedule,
+                         final_fraction, adjustable=bool(time_budget))
+        ema_value = resolve_ema_momentum(ema_momentum, total_steps)
 
     with strategy.scope():
         if isinstance(model, keras.Model) and replicas > 1:
@@ -329,8 +366,11 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         loss = _instantiate(loss, "loss")
         model.compile(
             optimizer=make_optimizer(optimizer, lr, momentum, weight_decay,
-                                     ema, ema_value),
+                                     ema, ema_value, clip_norm, batch_size,
+                                     nominal_batch_size),
             loss=loss, jit_compile=jit)
+        if isinstance(model.optimizer, RampEMA) and ema:
+            model.optimizer.average_also(averaged_extras(model))
         # Creating the optimizer's slots before `fit` spares its first
         # step a second trace (tf.function retraces a step that created
         # variables): 143 s -> 34 s for small_v5's first step.
