@@ -1,4 +1,4 @@
-"""`python -m training <command>`: train, evaluate, demo.
+"""`python -m training <command>`: train, evaluate, demo, show-data.
 
     python -m training demo --out runs/demo     # shapes -> train -> mAP -> export
     python -m training train --help
@@ -21,6 +21,7 @@ def main(argv=None):
     subparsers = parser.add_subparsers(dest="command", required=True)
     cli.add_train_parser(subparsers)
     cli.add_evaluate_parser(subparsers)
+    cli.add_show_data_parser(subparsers)
     demo.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,11 +1,15 @@
-"""`python -m training train` and `python -m training evaluate`.
+"""`python -m training train`, `evaluate` and `show-data`.
 
     python -m training train --version v5 --data shapes --epochs 30 --out runs/shapes
     python -m training train --version v3 --data coco --train-json a.json \
         --train-images-dir imgs/ --val-json b.json --val-images-dir imgs/
+    python -m training train --data coco128/coco128.yaml --image-size 640
+    python -m training train --data instances.json --images-dir images/
     python -m training evaluate --run runs/shapes          # mAP of model.keras
+    python -m training show-data --data coco128.yaml --split val --out g.png
 
-Training writes a run directory (config.json, history.jsonl, metrics.json,
+Training writes a run directory (config.json, class_names.json,
+history.jsonl, metrics.json,
 model.keras + model.decode.json, best.weights.h5, backup/ while running);
 running the same command again after an interruption resumes from the last
 backup.
@@ -15,9 +19,12 @@ import argparse
 import json
 import os
 
+SHAPES_MAX_BOXES = 20
+
 
 def _dataset(args, split):
-    """(unbatched dataset, num_classes) of `--data` for `split`."""
+    """(unbatched dataset, num_classes) of `--data` for `split`; the
+    dataset's `class_names` lists the classes."""
     from keras_yolo import data
 
     if args.data == "shapes":
@@ -25,47 +32,82 @@ def _dataset(args, split):
         seed = args.seed if split == "train" else args.seed + 1000
         ds = data.shapes(num_images=count, image_size=args.image_size,
                          num_classes=args.num_classes, seed=seed,
-                         max_boxes=args.max_boxes)
+                         max_boxes=args.max_boxes or SHAPES_MAX_BOXES)
+        ds.class_names = list(data.CLASS_NAMES[:args.num_classes])
         return ds, args.num_classes
-    path = args.train_json if split == "train" else args.val_json
-    images = args.train_images_dir if split == "train" \
-        else args.val_images_dir
-    if not path:
+    source, images_dir, data_split = _source_of(args, split)
+    if source is None:
         return None, None
-    images_np, gt, names = _read_coco(path, images, args)
-    import numpy as np
-    import tensorflow as tf
-
-    from keras_yolo import boxes as box_ops
-
-    rel = box_ops.convert(gt["boxes"], "xyxy", "rel_center_xywh",
-                          image_shape=(args.image_size, args.image_size))
-    rel = np.where(gt["labels"][..., None] >= 0, np.asarray(rel), 0.0)
-    ds = tf.data.Dataset.from_tensor_slices(
-        (images_np, {"boxes": rel.astype("float32"),
-                     "labels": gt["labels"]}))
-    return ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)), \
-        len(names)
+    training = split == "train"
+    ds = data.load(
+        source, split=data_split, image_size=args.image_size,
+        augment=training and bool(getattr(args, "augment", False)),
+        max_boxes=args.max_boxes, images_dir=images_dir,
+        format=getattr(args, "format", None),
+        on_error=getattr(args, "on_error", "raise"), seed=args.seed,
+        cache=getattr(args, "cache", None), shuffle=training)
+    return ds, len(ds.class_names)
 
 
-def _read_coco(path, image_dir, args):
-    """COCO JSON -> images resized to image_size and xyxy pixel boxes."""
-    import numpy as np
-    from PIL import Image
+def _source_of(args, split):
+    """`(source, images_dir, split name)` of `--data` for `split`, or
+    `(None, None, None)` when it has no such split."""
+    import logging
 
     from keras_yolo import data
 
-    paths, gt, names = data.read_coco(path, args.max_boxes,
-                                      image_dir=image_dir)
-    size = args.image_size
-    out, boxes = [], np.array(gt["boxes"], np.float32)
-    for i, image_path in enumerate(paths):
-        with Image.open(image_path) as image:
-            image = image.convert("RGB")
-            w, h = image.size
-            out.append(np.asarray(image.resize((size, size))))
-        boxes[i] *= [size / w, size / h, size / w, size / h]
-    return np.stack(out), {"boxes": boxes, "labels": gt["labels"]}, names
+    if args.data == "coco":  # the older spelling: --train-json / --val-json
+        path = args.train_json if split == "train" else args.val_json
+        images = args.train_images_dir if split == "train" \
+            else args.val_images_dir
+        return (path, images, split) if path else (None, None, None)
+    if split == "train":
+        return args.data, getattr(args, "images_dir", None), "train"
+    if getattr(args, "val_data", None):
+        return (args.val_data, getattr(args, "val_images_dir", None) or
+                getattr(args, "images_dir", None),
+                getattr(args, "val_split", None) or "val")
+    if args.data.lower().endswith(".json"):
+        return None, None, None  # a COCO JSON is one split: --val-data
+    wanted = getattr(args, "val_split", None)
+    splits = data.describe(args.data, format=getattr(args, "format", None)
+                           )["splits"]
+    if wanted:
+        return args.data, None, wanted
+    for name in ("val", "test"):
+        if name in splits:
+            if name != "val":
+                logging.getLogger("training").warning(
+                    "%s has no 'val' split: validating on %r.", args.data,
+                    name)
+            return args.data, None, name
+    if not splits:  # a folder without split lists: all its images
+        return args.data, None, "val"
+    logging.getLogger("training").warning(
+        "%s has no 'val' or 'test' split (has %s): no validation.",
+        args.data, splits)
+    return None, None, None
+
+
+def _add_data_arguments(parser):
+    """--data and how to read it (train and show-data)."""
+    parser.add_argument("--data", default="shapes", help="shapes, an "
+                        "ultralytics dataset YAML, a YOLO txt folder, a COCO "
+                        "JSON (with --images-dir), a Pascal VOC folder, or "
+                        "coco (with --train-json / --val-json)")
+    parser.add_argument("--images-dir", help="the image folder of a COCO "
+                        "JSON --data")
+    parser.add_argument("--format", choices=["yaml", "yolo", "coco", "voc"],
+                        help="force the format of a folder holding several")
+    parser.add_argument("--augment", action="store_true",
+                        help="training augmentations (mosaic, affine, HSV, "
+                        "flips, mixup; keras_yolo.data.augment)")
+    parser.add_argument("--cache", help="'ram' or 'disk:PATH': keep decoded "
+                        "images after the first epoch")
+    parser.add_argument("--on-error", default="raise",
+                        choices=["raise", "skip"],
+                        help="bad images or label rows: stop naming them, "
+                        "or leave them out with a counted summary")
 
 
 def add_train_parser(subparsers):
@@ -77,25 +119,52 @@ def add_train_parser(subparsers):
                         choices=["v1", "v2", "v3", "v4", "v5"])
     parser.add_argument("--model", help="a keras_yolo.models.build name "
                         "(e.g. yolov5s); default the version's small model")
-    parser.add_argument("--data", default="shapes", choices=["shapes",
-                                                            "coco"])
-    parser.add_argument("--train-json")
+    _add_data_arguments(parser)
+    parser.add_argument("--train-json", help="with --data coco: the "
+                        "training COCO JSON (or pass it as --data)")
     parser.add_argument("--train-images-dir")
     parser.add_argument("--val-json")
     parser.add_argument("--val-images-dir")
+    parser.add_argument("--val-data", help="a separate validation source "
+                        "(default: the --data source's val, else test, "
+                        "split)")
+    parser.add_argument("--val-split", help="the validation split's name "
+                        "(default val, else test)")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--num-classes", type=int, default=3)
-    parser.add_argument("--max-boxes", type=int, default=20)
+    parser.add_argument("--num-classes", type=int, default=3,
+                        help="classes of the shapes data")
+    parser.add_argument("--max-boxes", type=int, help="rows per image "
+                        f"(shapes: {SHAPES_MAX_BOXES}; files: the most "
+                        "boxes of any image)")
     parser.add_argument("--train-images", type=int, default=768)
     parser.add_argument("--val-images", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--optimizer", default="adamw",
-                        choices=["sgd", "adamw", "adam"])
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--schedule", default="cosine",
-                        choices=["cosine", "linear", "constant"])
-    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    # ultralytics yolov5 train.py + hyp.scratch-low.yaml (training.trainer).
+    parser.add_argument("--optimizer", default="sgd",
+                        choices=["sgd", "adamw", "adam"],
+                        help="sgd: the yolov5 recipe (parameter groups, "
+                        "coupled L2, accumulation, ModelEMA)")
+    parser.add_argument("--learning-rate", type=float,
+                        help="lr0 (default 0.01 for sgd, 2e-3 for adam(w))")
+    parser.add_argument("--final-fraction", type=float, default=0.01,
+                        help="lrf: last learning rate / lr0")
+    parser.add_argument("--schedule", default="linear",
+                        choices=["linear", "cosine", "sgdr", "constant"],
+                        help="decay after warmup (sgdr: sgd only)")
+    parser.add_argument("--warmup-epochs", type=float, default=3.0,
+                        help="sgd: at least 100 steps")
+    parser.add_argument("--warmup-bias-lr", type=float, default=0.1)
+    parser.add_argument("--warmup-momentum", type=float, default=0.8)
+    parser.add_argument("--momentum", type=float, default=0.937)
+    parser.add_argument("--weight-decay", type=float, default=5e-4,
+                        help="sgd: coupled L2 on kernels, scaled by "
+                        "batch x accumulate / 64; adam(w): decoupled")
+    parser.add_argument("--nominal-batch-size", type=int, default=64,
+                        help="sgd: images per optimizer step (gradient "
+                        "accumulation over smaller batches)")
+    parser.add_argument("--clip-norm", type=float, default=10.0,
+                        help="global gradient norm limit (0: off)")
     parser.add_argument("--no-ema", action="store_true")
     parser.add_argument("--ema-momentum", default="auto")
     parser.add_argument("--strategy", default="auto",
@@ -130,10 +199,13 @@ def run_train(args):
     train_ds, num_classes = _dataset(args, "train")
     val_ds, _ = _dataset(args, "val")
     args.num_classes = num_classes
+    class_names = list(train_ds.class_names)
     recipe = recipes.make_recipe(args.version, num_classes, args.image_size,
                                  model=args.model)
     ema_momentum = args.ema_momentum if args.ema_momentum == "auto" \
         else float(args.ema_momentum)
+    if args.learning_rate is None:
+        args.learning_rate = 0.01 if args.optimizer == "sgd" else 2e-3
     backup = args.backup_every if args.backup_every == "epoch" \
         else int(args.backup_every)
     result = train(
@@ -141,6 +213,11 @@ def run_train(args):
         epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, learning_rate=args.learning_rate,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        final_fraction=args.final_fraction, momentum=args.momentum,
+        weight_decay=args.weight_decay, warmup_bias_lr=args.warmup_bias_lr,
+        warmup_momentum=args.warmup_momentum,
+        nominal_batch_size=args.nominal_batch_size,
+        clip_norm=args.clip_norm or None,
         ema=not args.no_ema, ema_momentum=ema_momentum,
         strategy=strategy,
         jit_compile={"auto": "auto", "true": True,
@@ -151,8 +228,12 @@ def run_train(args):
         num_classes=num_classes, eval_every=args.eval_every,
         seed=args.seed, backup_every=backup,
         time_budget=args.minutes * 60 if args.minutes else None,
-        config={"args": vars(args) | {"func": None}},
+        config={"args": vars(args) | {"func": None},
+                "class_names": class_names},
+        shuffle=args.data == "shapes",  # load() shuffles file indices
         overwrite=args.overwrite)
+    with open(os.path.join(result.run_dir, "class_names.json"), "w") as f:
+        json.dump(class_names, f)
     save_decode_config(recipe.decode_config, decode_config_path(
         os.path.join(result.run_dir, "model.keras")))
     print(json.dumps({k: result.metrics.get(k) for k in (
@@ -172,8 +253,9 @@ def add_evaluate_parser(subparsers):
                         "<model>.decode.json)")
     # Data settings default to None: `--run` restores the run's values for
     # every one not given here, then EVALUATE_DEFAULTS fill the rest.
-    parser.add_argument("--data", choices=["shapes", "coco"],
-                        help="default: the run's, else shapes")
+    parser.add_argument("--data", help="shapes, coco (with --val-json) or "
+                        "a dataset source as for train; default: the run's, "
+                        "else shapes")
     parser.add_argument("--val-json")
     parser.add_argument("--val-images-dir")
     parser.add_argument("--image-size", type=int,
@@ -194,8 +276,10 @@ def add_evaluate_parser(subparsers):
 # Settings `evaluate --run` takes from the run unless given explicitly, and
 # their values when neither gives one.
 EVALUATE_DEFAULTS = {"data": "shapes", "image_size": None, "num_classes": 3,
-                     "max_boxes": 20, "val_images": 128, "seed": 0,
-                     "val_json": None, "val_images_dir": None}
+                     "max_boxes": None, "val_images": 128, "seed": 0,
+                     "val_json": None, "val_images_dir": None,
+                     "images_dir": None, "format": None, "val_data": None,
+                     "val_split": None}
 
 
 def resolve_evaluate_args(args, saved):
@@ -259,4 +343,46 @@ def run_evaluate(args):
         write_json(out, {"model": model_path, **result})
     print(json.dumps({k: result[k] for k in ("map50", "map", "map75",
                                              "num_images")}, indent=2))
+    return 0
+
+
+def add_show_data_parser(subparsers):
+    parser = subparsers.add_parser(
+        "show-data", help="save a PNG grid of a dataset's images with their "
+        "labelled boxes (as training sees them)",
+        description="python -m training show-data --data coco128.yaml "
+        "--split val --augment --out grid.png")
+    _add_data_arguments(parser)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--image-size", type=int, default=640)
+    parser.add_argument("--num-images", type=int, default=16,
+                        help="images in the grid")
+    parser.add_argument("--num-classes", type=int, default=3,
+                        help="classes of the shapes data")
+    parser.add_argument("--shuffle", action="store_true",
+                        help="a random draw instead of the first images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="grid.png", help="the PNG to write")
+    parser.set_defaults(func=run_show_data)
+    return parser
+
+
+def run_show_data(args):
+    from keras_yolo import data
+    from training.run import setup_logging
+
+    setup_logging()
+    fmt = "rel_center_xywh"
+    ds = data.load(args.data, split=args.split, image_size=args.image_size,
+                   augment=args.augment, bounding_box_format=fmt,
+                   images_dir=args.images_dir, format=args.format,
+                   on_error=args.on_error, seed=args.seed, cache=args.cache,
+                   shuffle=args.shuffle, num_images=max(args.num_images, 1),
+                   num_classes=args.num_classes)
+    images, y_true = next(iter(ds.batch(args.num_images)))
+    data.plot_batch(images, y_true, ds.class_names, fmt, args.out)
+    print(json.dumps({"out": args.out, "images": int(images.shape[0]),
+                      "boxes": int((y_true["labels"] >= 0).numpy().sum()),
+                      "image_size": args.image_size,
+                      "num_classes": len(ds.class_names)}, indent=2))
     return 0
