@@ -349,10 +349,17 @@ class YoloV5Loss(keras.losses.Loss):
             lcls += cls_i
             lobj += obj_i * tf.cast(balance[i], tf.float32)
             if self.autobalance:
-                updated.append(
+                # ComputeLoss divides by zero (ZeroDivisionError) when a
+                # level's objectness loss is exactly 0 (logits of -1e4 and
+                # no truth); that level's weight is then left unchanged.
+                obj64 = tf.cast(tf.stop_gradient(obj_i), tf.float64)
+                usable = (obj64 > 0.0) & tf.math.is_finite(obj64)
+                updated.append(tf.where(
+                    usable,
                     balance[i] * AUTOBALANCE_MOMENTUM
                     + (1.0 - AUTOBALANCE_MOMENTUM)
-                    / tf.cast(tf.stop_gradient(obj_i), tf.float64))
+                    / tf.where(usable, obj64, 1.0),
+                    balance[i]))
         if self.autobalance:
             new = tf.stack(updated)
             self.balance_state.assign(new / new[self.strides.index(16)])
