@@ -32,11 +32,15 @@ def ema_decay(updates, decay=EMA_DECAY, tau=EMA_TAU):
     return decay * (1.0 - ops.exp(-ops.cast(updates, "float32") / tau))
 
 
+# The non-trainable variables ModelEMA averages too (torch BatchNorm's
+# running_mean / running_var buffers).
+AVERAGED_BUFFERS = ("moving_mean", "moving_variance")
+
+
 def averaged_extras(model):
-    """The model's non-trainable floating variables (BatchNorm moving mean
-    and variance): ModelEMA averages them too."""
+    """The model's BatchNorm moving means and variances."""
     return [v for v in model.non_trainable_variables
-            if "float" in str(v.dtype)]
+            if v.name.split("/")[-1].split(":")[0] in AVERAGED_BUFFERS]
 
 
 class RampEMA:
