@@ -1,0 +1,294 @@
+"""The training augmentation pipeline: ultralytics yolov5's `__getitem__` on tf.data.
+
+Per output image, as `LoadImagesAndLabels.__getitem__` with `augment=True`:
+
+1. every image is resized so its longer side is S (`load_image`);
+2. with probability `mosaic`: a 4-image mosaic on a 2S canvas (the image and
+   three others), else the image letterboxed to S x S;
+3. `random_perspective` (`degrees`, `translate`, `scale`, `shear`,
+   `perspective`) back to S x S, boxes clipped and filtered by
+   `box_candidates`;
+4. with probability `mixup` (mosaic outputs only): MixUp with another output;
+   with probability `cutmix`: CutMix with another output (YOLOv4's freebie);
+5. HSV jitter (`hsv_h`, `hsv_s`, `hsv_v`), up-down flip (`flipud`),
+   left-right flip (`fliplr`).
+
+The "three others" come from a pool: `pool_size` consecutive input images are
+padded into one batch, and each of its outputs draws its companions (without
+replacement) and its MixUp/CutMix partner from that pool. So an epoch yields
+one output per input image, as ultralytics does, and each image is decoded
+once (ultralytics decodes four per mosaic). Outputs are then shuffled in a
+`shuffle_buffer` so a training batch does not hold one pool's mosaics only.
+
+Randomness is stateless: each element's seed is derived from `seed` and a
+`tf.data.Dataset.random` stream, so a run is reproducible, and each epoch (new
+iteration) draws new augmentations.
+
+Switching mosaic off for the last epochs (ultralytics' `close_mosaic`): pass a
+`tf.Variable` as the probability and assign it; the pipeline reads it for every
+pool (elements already prefetched keep the old value):
+
+    mosaic = tf.Variable(1.0, trainable=False)
+    ds = training_pipeline(ds, 640, hyperparameters={"mosaic": mosaic})
+    model.fit(ds, epochs=300, callbacks=[CloseMosaic(mosaic, epoch=290)])
+
+Any hyperparameter may be a `tf.Variable`, e.g. `mixup`.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_yolo.data.augment import color, geometry, mix
+from keras_yolo.data.augment.mosaic import mosaic as mosaic_canvas
+
+# ultralytics yolov5 data/hyps/hyp.scratch-low.yaml, plus YOLOv4's CutMix.
+DEFAULT_HYPERPARAMETERS = {
+    "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4,
+    "degrees": 0.0, "translate": 0.1, "scale": 0.5, "shear": 0.0,
+    "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5,
+    "mosaic": 1.0, "mixup": 0.0, "cutmix": 0.0,
+}
+
+# Positions in each element's vector of uniform draws.
+(_MOSAIC, _CENTER_Y, _CENTER_X, _MIXUP, _MIXUP_PARTNER, _CUTMIX,
+ _CUTMIX_PARTNER, _FLIPUD, _FLIPLR, _CUT_LAM, _CUT_X, _CUT_Y, _HUE, _SAT,
+ _VAL) = range(15)
+_NUM_DRAWS = 15
+# Sub-seeds of an element.
+_SEED_DRAWS, _SEED_COMPANIONS, _SEED_ORDER, _SEED_PERSPECTIVE, _SEED_BETA = \
+    range(5)
+
+
+def _is_zero(value):
+    return isinstance(value, (int, float)) and value == 0
+
+
+def _hyperparameters(hyperparameters):
+    hyp = dict(DEFAULT_HYPERPARAMETERS)
+    for key, value in (hyperparameters or {}).items():
+        if key not in hyp:
+            raise ValueError(
+                f"training_pipeline: unknown hyperparameter {key!r} = "
+                f"{value!r}; known: {sorted(hyp)}")
+        hyp[key] = value
+    return hyp
+
+
+def _prepare(key, sample, image_size):
+    image, target = sample
+    image = tf.ensure_shape(tf.convert_to_tensor(image), [None, None, 3])
+    if image.dtype != tf.uint8:
+        raise TypeError(f"training_pipeline expects uint8 images, got "
+                        f"{image.dtype.name}")
+    boxes = tf.reshape(tf.cast(target["boxes"], tf.float32), [-1, 4])
+    labels = tf.reshape(tf.cast(target["labels"], tf.int32), [-1])
+    resized, boxes = geometry.resize_long_side(image, boxes, image_size)
+    return {"image": resized, "size": tf.shape(resized)[:2], "boxes": boxes,
+            "labels": labels, "key": key}
+
+
+def _pad_rows(boxes, labels, rows):
+    extra = rows - tf.shape(labels)[0]
+    return (tf.pad(boxes, [[0, extra], [0, 0]]),
+            tf.pad(labels, [[0, extra]], constant_values=-1))
+
+
+class _PoolAugmenter:
+    """Builds the outputs of one pool (see the module docstring)."""
+
+    def __init__(self, image_size, seed, hyp):
+        self.size = image_size
+        self.seed = tf.constant([seed, 0], tf.int64)
+        self.hyp = hyp
+
+    def seeds(self, key):
+        element = tf.random.experimental.stateless_fold_in(self.seed, key)
+        return tf.random.experimental.stateless_split(element, 5)
+
+    def base(self, pool, k):
+        """Mosaic or letterbox, then random_perspective, for output k."""
+        size, hyp = self.size, self.hyp
+        count = tf.shape(pool["key"])[0]
+        rows = 4 * tf.shape(pool["labels"])[1]
+        seeds = self.seeds(pool["key"][k])
+        draws = tf.random.stateless_uniform([_NUM_DRAWS], seeds[_SEED_DRAWS])
+        use_mosaic = draws[_MOSAIC] < tf.cast(hyp["mosaic"], tf.float32)
+
+        def with_mosaic():
+            # Companions without replacement (with it when the pool is small).
+            keys = tf.random.stateless_uniform([count],
+                                               seeds[_SEED_COMPANIONS])
+            keys = tf.where(tf.range(count) == k, 2.0, keys)
+            others = tf.argsort(keys)
+            companions = tf.gather(
+                others, tf.range(3) % tf.maximum(count - 1, 1))
+            members = tf.concat([[k], companions], 0)
+            order = tf.argsort(tf.random.stateless_uniform(
+                [4], seeds[_SEED_ORDER]))
+            members = tf.gather(members, order)
+            # ultralytics: int(random.uniform(S/2, 3S/2)).
+            center = tf.cast(size / 2 + tf.stack(
+                [draws[_CENTER_Y], draws[_CENTER_X]]) * size, tf.int32)
+            return mosaic_canvas(
+                tf.gather(pool["image"], members),
+                tf.gather(pool["size"], members),
+                tf.gather(pool["boxes"], members),
+                tf.gather(pool["labels"], members), center, size)
+
+        def with_letterbox():
+            h, w = pool["size"][k, 0], pool["size"][k, 1]
+            top, left = (size - h) // 2, (size - w) // 2
+            canvas = tf.pad(pool["image"][k, :h, :w],
+                            [[top, size - h - top], [left, size - w - left],
+                             [0, 0]], constant_values=geometry.FILL_VALUE)
+            shift = tf.cast(tf.stack([left, top, left, top]), tf.float32)
+            boxes, labels = _pad_rows(pool["boxes"][k] + shift,
+                                      pool["labels"][k], rows)
+            return canvas, boxes, labels
+
+        canvas, boxes, labels = tf.cond(use_mosaic, with_mosaic,
+                                        with_letterbox)
+        border = (size - tf.shape(canvas)[:2]) // 2
+        image, boxes, labels = geometry.random_perspective(
+            canvas, boxes, labels, seeds[_SEED_PERSPECTIVE],
+            degrees=hyp["degrees"], translate=hyp["translate"],
+            scale=hyp["scale"], shear=hyp["shear"],
+            perspective=hyp["perspective"], border=border)
+        image = tf.ensure_shape(image, [size, size, 3])
+        return image, boxes, labels, use_mosaic
+
+    def finish(self, base, k):
+        """MixUp, CutMix, HSV and flips of output k, given all base outputs."""
+        images, boxes, labels, mosaics, keys = base
+        hyp, size = self.hyp, self.size
+        count = tf.shape(keys)[0]
+        seeds = self.seeds(keys[k])
+        draws = tf.random.stateless_uniform([_NUM_DRAWS], seeds[_SEED_DRAWS])
+        image, box, label = images[k], boxes[k], labels[k]
+        rows = tf.shape(labels)[1]
+
+        def partner(draw):
+            offset = tf.cast(draw * tf.cast(count - 1, tf.float32), tf.int32)
+            return (k + 1 + offset) % count
+
+        if not _is_zero(hyp["mixup"]):
+            j = partner(draws[_MIXUP_PARTNER])
+            apply = mosaics[k] & (draws[_MIXUP]
+                                  < tf.cast(hyp["mixup"], tf.float32))
+            ratio = mix.sample_beta(seeds[_SEED_BETA], mix.MIXUP_ALPHA,
+                                    mix.MIXUP_ALPHA)
+            image, box, label = tf.cond(
+                apply,
+                lambda: mix.mixup(image, box, label, images[j], boxes[j],
+                                  labels[j], ratio),
+                lambda: (image,) + _pad_rows(box, label, 2 * rows))
+        if not _is_zero(hyp["cutmix"]):
+            j = partner(draws[_CUTMIX_PARTNER])
+            apply = draws[_CUTMIX] < tf.cast(hyp["cutmix"], tf.float32)
+            rect = mix.cutmix_rectangle(
+                tf.stack([draws[_CUT_LAM], draws[_CUT_X], draws[_CUT_Y]]),
+                size)
+            total = tf.shape(label)[0] + rows
+            image, box, label = tf.cond(
+                apply,
+                lambda: mix.cutmix(image, box, label, images[j], boxes[j],
+                                   labels[j], rect),
+                lambda: (image,) + _pad_rows(box, label, total))
+        if not all(_is_zero(hyp[name]) for name in ("hsv_h", "hsv_s", "hsv_v")):
+            gains = color.hsv_gains(
+                tf.stack([draws[_HUE], draws[_SAT], draws[_VAL]]),
+                hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+            image = color.adjust_hsv(image, gains)
+        image, box = tf.cond(
+            draws[_FLIPUD] < tf.cast(hyp["flipud"], tf.float32),
+            lambda: geometry.flip_up_down(image, box), lambda: (image, box))
+        image, box = tf.cond(
+            draws[_FLIPLR] < tf.cast(hyp["fliplr"], tf.float32),
+            lambda: geometry.flip_left_right(image, box), lambda: (image, box))
+        return image, box, label
+
+    def __call__(self, pool):
+        count = tf.shape(pool["key"])[0]
+        spec = (tf.TensorSpec([self.size, self.size, 3], tf.uint8),
+                tf.TensorSpec([None, 4], tf.float32),
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([], tf.bool))
+        base = tf.map_fn(lambda k: self.base(pool, k), tf.range(count),
+                         fn_output_signature=spec)
+        base = base + (pool["key"],)
+        return tf.map_fn(lambda k: self.finish(base, k), tf.range(count),
+                         fn_output_signature=spec[:3])
+
+
+def _strip_padding(image, boxes, labels):
+    keep = labels >= 0
+    return image, {"boxes": tf.boolean_mask(boxes, keep),
+                   "labels": tf.boolean_mask(labels, keep)}
+
+
+def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
+                      pool_size=8, shuffle_buffer=32):
+    """ultralytics' training augmentation on a `tf.data.Dataset`.
+
+    Args:
+        dataset: unbatched `(image uint8 (H, W, 3), {"boxes": (N, 4) float32
+            xyxy pixels of that image, "labels": (N,) int32})`, any sizes,
+            unpadded (a negative label is ignored).
+        image_size: S, the output side.
+        seed: int; the same seed gives the same augmentations.
+        hyperparameters: dict overriding `DEFAULT_HYPERPARAMETERS`
+            (ultralytics' names; values may be `tf.Variable`s).
+        pool_size: images batched into one pool for Mosaic/MixUp/CutMix.
+        shuffle_buffer: outputs shuffled after augmentation (0: none).
+
+    Returns:
+        Unbatched `tf.data.Dataset` of `(image uint8 (S, S, 3),
+        {"boxes": (N', 4) float32 xyxy pixels of the output, "labels": (N',)
+        int32})`, one output per input image.
+
+    Example:
+        >>> ds = training_pipeline(decoded, 640, seed=0,
+        ...                        hyperparameters={"mixup": 0.1})
+    """
+    hyp = _hyperparameters(hyperparameters)
+    size = int(image_size)
+    autotune = tf.data.AUTOTUNE
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip(keys, dataset)
+    ds = ds.map(lambda key, sample: _prepare(key, sample, size),
+                num_parallel_calls=autotune)
+    ds = ds.padded_batch(
+        pool_size,
+        padded_shapes={"image": [size, size, 3], "size": [2],
+                       "boxes": [None, 4], "labels": [None], "key": []},
+        padding_values={"image": tf.constant(geometry.FILL_VALUE, tf.uint8),
+                        "size": 0, "boxes": 0.0, "labels": -1,
+                        "key": tf.constant(0, tf.int64)})
+    ds = ds.map(_PoolAugmenter(size, seed, hyp), num_parallel_calls=autotune)
+    ds = ds.unbatch().map(_strip_padding, num_parallel_calls=autotune)
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=seed,
+                        reshuffle_each_iteration=True)
+    return ds
+
+
+class CloseMosaic(keras.callbacks.Callback):
+    """Sets the mosaic probability to 0 from `epoch` on (ultralytics'
+    `close_mosaic`), given the `tf.Variable` passed to `training_pipeline`.
+
+    Example:
+        >>> mosaic = tf.Variable(1.0, trainable=False)
+        >>> ds = training_pipeline(ds, 640, hyperparameters={"mosaic": mosaic})
+        >>> model.fit(ds, epochs=300, callbacks=[CloseMosaic(mosaic, 290)])
+    """
+
+    def __init__(self, variable, epoch):
+        super().__init__()
+        self.variable = variable
+        self.epoch = epoch
+        self.initial = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.initial is None:
+            self.initial = float(self.variable.numpy())
+        self.variable.assign(0.0 if epoch >= self.epoch else self.initial)
