@@ -10,7 +10,7 @@ Sources (`format=None` detects them):
 | format   | source                                                              |
 |----------|---------------------------------------------------------------------|
 | `yaml`   | an ultralytics dataset YAML: `path`, `train`, `val`, `test`, `names` (list or `{id: name}`); a split is an image folder, a list file or a glob (or a list of them); labels by the `/images/` -> `/labels/` path rule |
-| `yolo`   | a folder with `images/` and `labels/` (optionally `images/<split>/`), class names in `classes.txt`, `obj.names` or `class_names=`; `splits/<split>.txt` lists a split's images |
+| `yolo`   | a folder with `images/` and `labels/` (optionally `images/<split>/`), class names in `classes.txt`, `obj.names`, a `data.yaml` or `class_names=`; `splits/<split>.txt` lists a split's images |
 | `coco`   | a COCO JSON (`images_dir=` the image folder; the JSON is the split) |
 | `voc`    | a Pascal VOC folder: `annotations/*.xml` (or `Annotations/`) beside `images/` (or `JPEGImages/`); `splits/<split>.txt` or `ImageSets/Main/<split>.txt`, all images when there is none |
 
@@ -364,11 +364,18 @@ def _names_from_yaml_value(names, where):
 
 
 def _read_names_file(directory):
+    """Class names of a folder: a names file, or a dataset YAML's `names`."""
     for name in ("classes.txt", "obj.names", "classes.names", "labels.txt"):
         path = os.path.join(directory, name)
         if os.path.exists(path):
             with open(path) as f:
                 return [line.strip() for line in f if line.strip()]
+    for name in ("data.yaml", "dataset.yaml"):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            config = _load_yaml(path)
+            if "names" in config:
+                return _names_from_yaml_value(config["names"], path)
     return None
 
 
