@@ -187,7 +187,7 @@ class Crash(keras.callbacks.Callback):
 
 def test_interrupted_run_resumes_to_the_same_weights(shapes32, tmp_path):
     kwargs = dict(epochs=3, batch_size=8, optimizer="sgd",
-                  learning_rate=0.02, ema=True, ema_momentum=0.8,
+                  learning_rate=0.002, ema=True, ema_momentum=0.8,
                   shuffle=False, strategy="default", jit_compile=False)
     straight = training.train(lambda: build_tiny_model(IMAGE, 3, seed=3),
                               TinyLoss(3), shapes32,

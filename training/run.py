@@ -5,7 +5,7 @@ A run directory holds everything a job produced:
     config.json      arguments of the run
     history.jsonl    one JSON line per epoch (loss, lr, val_map, seconds)
     metrics.json     final metrics and timings ("finished": true when done)
-    backup/          resumable state (weights, optimizer, epoch) while running
+    backup/          resumable state while running (training.resume)
     model.keras      the trained model (EMA weights when EMA is on)
     best.weights.h5  weights of the best validation mAP@0.5
 """
@@ -88,6 +88,51 @@ def read_history(run_dir):
                     record = json.loads(line)
                     records[record["epoch"]] = record
     return [records[k] for k in sorted(records)]
+
+
+def write_history(run_dir, records):
+    """Replaces `history.jsonl` with `records`, atomically."""
+    path = os.path.join(run_dir, "history.jsonl")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+# What a run writes (besides config.json): a new run in the directory of an
+# older one removes them first, so that none of the old run's files sits
+# beside the new run's partial ones.
+RUN_OUTPUTS = ("metrics.json", "model.keras", "model.decode.json",
+               "best.weights.h5", "final.weights.h5", "history.jsonl",
+               "results.csv", "results.png", "pr_curve.png",
+               "confusion_matrix.png", "evaluate.json", "tensorboard",
+               "backup")
+
+
+def clear_run_outputs(run_dir):
+    """Removes `RUN_OUTPUTS` of an older run from `run_dir`; metrics.json
+    (the "finished" mark) first, so an interrupted clean-up is redone."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def save_model_atomic(model, path):
+    """`model.save(path)` through a temporary file and a rename."""
+    tmp = os.path.join(os.path.dirname(path),
+                       f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class RunLogger(keras.callbacks.Callback):
@@ -183,3 +228,13 @@ class TimeBudget(keras.callbacks.Callback):
         if epoch + 1 >= self.planned_epochs and epoch + 1 < self.epochs:
             self.stopped_epoch = epoch + 1
             self.model.stop_training = True
+
+    def get_resume_state(self):
+        return {"planned_epochs": self.planned_epochs}
+
+    def set_resume_state(self, state):
+        self.planned_epochs = int(state["planned_epochs"])
+        if self.planned_epochs < self.epochs and self.schedule is not None \
+                and getattr(self.schedule, "adjustable", False):
+            self.schedule.set_total_steps(
+                self.planned_epochs * self.steps_per_epoch)

@@ -15,14 +15,16 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_yolo import metrics as coco_metrics
+from training import callbacks as callbacks_lib
+from training import resume as resume_lib
 from training import run as run_lib
 from training import strategy as strategy_lib
 from training.ema import RampEMA, averaged_extras
@@ -238,7 +240,7 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
           eval_every=1, eval_batch_size=None, steps_per_epoch=None,
           shuffle=True, seed=0, time_budget=None, backup_every="epoch",
           log_every=0, config=None, overwrite=False, verbose=0,
-          extra_callbacks=()):
+          extra_callbacks=(), deterministic=False):
     """Trains a detector and writes a run directory (see `training.run`).
 
     Args:
@@ -273,7 +275,9 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
             `tf.distribute.Strategy`.
         jit_compile: `"auto"` (XLA where it works), True or False.
         run_dir: the run directory; default `runs/train-<time>`. An existing
-            unfinished run there is resumed from its last backup.
+            unfinished run there is resumed from its last backup, exactly
+            (`training.resume`); otherwise the files of an older run there
+            are removed first.
         postprocess: raw model outputs -> detections dict (decode + NMS),
             for the mAP evaluation.
         bounding_box_format: format of the ground truth and detections.
@@ -283,12 +287,17 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         time_budget: seconds of training at most: the run stops after the
             last epoch that fits and the schedule is shortened to end there
             (see `training.run.TimeBudget`).
+        seed: seeds the weights' initialisation (Keras, TF, numpy, Python)
+            and the data order (a function of `(seed, epoch)`); None leaves
+            the global seeds alone.
         backup_every: `"epoch"` or a number of steps between resumable
-            backups.
+            backups (always also at each epoch's end).
         config: a dict recorded in `config.json` (e.g. the CLI arguments).
         overwrite: start over in a `run_dir` whose run already finished.
         verbose: Keras' `fit` verbosity (progress lines are logged anyway).
         extra_callbacks: more Keras callbacks, run after the built-in ones.
+        deterministic: `tf.config.experimental.enable_op_determinism()`
+            (bitwise-equal runs at some speed cost; process-wide).
 
     Returns:
         `TrainResult(model, run_dir, metrics, history)`; `metrics` is also
@@ -319,9 +328,14 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
             f"run_dir={run_dir!r} holds a finished run; pass overwrite=True "
             "(--overwrite) or choose another directory.")
     backup_dir = os.path.join(run_dir, "backup")
-    resuming = os.path.exists(backup_dir)
-    if not resuming and os.path.exists(os.path.join(run_dir, "history.jsonl")):
-        os.remove(os.path.join(run_dir, "history.jsonl"))
+    resuming = not previous.get("finished") and os.path.exists(
+        os.path.join(backup_dir, resume_lib.STATE_FILE))
+    if not resuming:  # no file of an older run may outlive the new start
+        run_lib.clear_run_outputs(run_dir)
+    if seed is not None:  # weights, dropout, numpy, python; data: below
+        keras.utils.set_random_seed(int(seed))
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
     if isinstance(strategy, str):
         strategy = strategy_lib.make_strategy(strategy)
     replicas = strategy.num_replicas_in_sync
@@ -330,17 +344,16 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
                          f"the {replicas} replicas.")
     jit = strategy_lib.resolve_jit_compile(jit_compile, strategy)
 
-    train_batches = batch_dataset(train_data, batch_size, shuffle, seed)
+    given_steps = steps_per_epoch
     if steps_per_epoch is None:
-        steps_per_epoch = int(train_batches.cardinality())
+        steps_per_epoch = int(train_data.cardinality())
+        if len(train_data.element_spec[0].shape) != 4:  # unbatched
+            steps_per_epoch = (steps_per_epoch // batch_size
+                               if steps_per_epoch > 0 else steps_per_epoch)
         if steps_per_epoch <= 0:
             raise ValueError(
                 "the training dataset's length is unknown or smaller than "
                 f"batch_size={batch_size}; pass `steps_per_epoch`.")
-        fit_steps = None
-    else:
-        train_batches = train_batches.repeat()
-        fit_steps = steps_per_epoch
     total_steps = epochs * steps_per_epoch
     if optimizer == "sgd":
         lr = YoloV5Schedule(
@@ -375,6 +388,18 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         # step a second trace (tf.function retraces a step that created
         # variables): 143 s -> 34 s for small_v5's first step.
         model.optimizer.build(model.trainable_variables)
+    best_path = os.path.join(run_dir, "best.weights.h5")
+    best = callbacks_lib.BestCheckpoint(best_path, monitor="val_map50",
+                                        weights_context=ema_weights)
+    budget = run_lib.TimeBudget(time_budget, epochs, steps_per_epoch,
+                                lr) if time_budget else None
+    backup = resume_lib.ResumableBackup(
+        backup_dir, run_dir, steps_per_epoch, save_every=backup_every,
+        loss=loss, stateful=[c for c in (best, budget) if c is not None])
+    first_epoch = backup.restore(model) if resuming else 0
+    train_batches = resume_lib.epoch_batches(
+        train_data, batch_size, seed, first_epoch, epochs,
+        steps_per_epoch=given_steps, shuffle=shuffle)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _skip_distributed_symbolic_build(model, train_batches)
         _patch_keras_multi_worker_reduce()
@@ -404,24 +429,23 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         callbacks.append(EmaCocoMetricCallback(
             val_batches, bounding_box_format, postprocess=postprocess,
             every_n_epochs=eval_every, num_classes=num_classes))
-    callbacks.append(keras.callbacks.BackupAndRestore(
-        backup_dir, save_freq=backup_every, delete_checkpoint=True))
+    # The guard first: a non-finite step stops before any callback saves.
+    callbacks.insert(0, callbacks_lib.NonFiniteGuard(backup, best_path))
     if val_data is not None:
-        callbacks.append(EmaModelCheckpoint(
-            os.path.join(run_dir, "best.weights.h5"), monitor="val_map50",
-            mode="max", save_best_only=True, save_weights_only=True))
+        callbacks.append(best)
     callbacks.append(run_lib.RunLogger(run_dir, epochs, log_every))
-    if time_budget:
-        callbacks.append(run_lib.TimeBudget(time_budget, epochs,
-                                            steps_per_epoch, lr))
+    if budget is not None:
+        callbacks.append(budget)
+    callbacks.append(backup)   # after the epoch's records, before extras
     callbacks.extend(extra_callbacks)
 
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # The best-mAP checkpoint only sees val_map50 on evaluation epochs.
-        warnings.filterwarnings("ignore", message="Can save best model only")
-        model.fit(train_batches, epochs=epochs, steps_per_epoch=fit_steps,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
+    if first_epoch < epochs:
+        model.fit(train_batches, epochs=epochs, initial_epoch=first_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+    else:  # killed after the last epoch's backup: only the ending is left
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     train_seconds = time.perf_counter() - start
     history = run_lib.read_history(run_dir)
     epochs_done = history[-1]["epoch"] if history else 0
@@ -443,13 +467,14 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         result["eval_seconds"] = round(time.perf_counter() - start, 2)
         result.update(final)
     try:
-        model.save(os.path.join(run_dir, "model.keras"))
+        run_lib.save_model_atomic(model, os.path.join(run_dir, "model.keras"))
         result["model_path"] = os.path.join(run_dir, "model.keras")
     except Exception as error:  # noqa: BLE001 - keep the run's weights
         _logger.warning("saving model.keras failed (%s); saving weights", error)
         model.save_weights(os.path.join(run_dir, "final.weights.h5"))
         result["model_path"] = os.path.join(run_dir, "final.weights.h5")
     run_lib.write_json(os.path.join(run_dir, "metrics.json"), result)
+    shutil.rmtree(backup_dir, ignore_errors=True)  # after the finished mark
     if "map50" in result:
         _logger.info("finished: mAP@0.5 %.4f, mAP@0.5:0.95 %.4f, %.0f s",
                      result["map50"], result["map"], train_seconds)
