@@ -7,7 +7,8 @@ CutMix, HSV, flips); `multi_scale` resizes batches to random training shapes;
 
 from keras_yolo.data.augment.adversarial import adversarial_images
 from keras_yolo.data.augment.color import adjust_hsv, random_hsv
-from keras_yolo.data.augment.geometry import (box_candidates, flip_left_right,
+from keras_yolo.data.augment.geometry import (apply_perspective,
+                                              box_candidates, flip_left_right,
                                               flip_up_down, random_flip,
                                               random_perspective,
                                               resize_long_side)

@@ -187,9 +187,18 @@ def random_perspective(image, boxes, labels, seed, degrees=0.0, translate=0.1,
         >>> image, boxes, labels = random_perspective(
         ...     image, boxes, labels, seed=(0, 1), scale=0.5, translate=0.1)
     """
+    draws = tf.random.stateless_uniform([NUM_PERSPECTIVE_DRAWS], seed)
+    return apply_perspective(image, boxes, labels, draws, degrees, translate,
+                             scale, shear, perspective, border, fill_value)
+
+
+def apply_perspective(image, boxes, labels, draws, degrees=0.0, translate=0.1,
+                      scale=0.5, shear=0.0, perspective=0.0, border=(0, 0),
+                      fill_value=FILL_VALUE):
+    """`random_perspective` with given draws (`(8,)` uniforms in [0, 1), in
+    the order ultralytics calls `random.uniform`; see `perspective_matrix`)."""
     canvas = tf.shape(image)[:2]
     output = canvas + 2 * tf.cast(border, tf.int32)
-    draws = tf.random.stateless_uniform([NUM_PERSPECTIVE_DRAWS], seed)
     matrix, s = perspective_matrix(canvas, output, draws, degrees, translate,
                                    scale, shear, perspective)
     warped = warp_image(image, matrix, output, fill_value)

@@ -81,7 +81,8 @@ def multi_scale(dataset, sizes, every=10, seed=0,
     choices = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     choices = choices.flat_map(lambda r: tf.data.Dataset.from_tensors(
         tf.gather(table, tf.math.floormod(r, len(sizes)))).repeat(every))
-    return tf.data.Dataset.zip(dataset, choices).map(
+    resize = tf.autograph.experimental.do_not_convert(
         lambda batch, size: _resize_batch(batch[0], batch[1], size,
-                                          bounding_box_format),
-        num_parallel_calls=tf.data.AUTOTUNE)
+                                          bounding_box_format))
+    return tf.data.Dataset.zip(dataset, choices).map(
+        resize, num_parallel_calls=tf.data.AUTOTUNE)

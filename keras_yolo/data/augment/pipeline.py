@@ -255,7 +255,10 @@ def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
     autotune = tf.data.AUTOTUNE
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip(keys, dataset)
-    ds = ds.map(lambda key, sample: _prepare(key, sample, size),
+    # The functions use explicit tf.cond / tf.map_fn: no autograph needed,
+    # and skipping its source conversion makes building the pipeline fast.
+    plain = tf.autograph.experimental.do_not_convert
+    ds = ds.map(plain(lambda key, sample: _prepare(key, sample, size)),
                 num_parallel_calls=autotune)
     ds = ds.padded_batch(
         pool_size,
@@ -264,8 +267,9 @@ def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
         padding_values={"image": tf.constant(geometry.FILL_VALUE, tf.uint8),
                         "size": 0, "boxes": 0.0, "labels": -1,
                         "key": tf.constant(0, tf.int64)})
-    ds = ds.map(_PoolAugmenter(size, seed, hyp), num_parallel_calls=autotune)
-    ds = ds.unbatch().map(_strip_padding, num_parallel_calls=autotune)
+    ds = ds.map(plain(_PoolAugmenter(size, seed, hyp)),
+                num_parallel_calls=autotune)
+    ds = ds.unbatch().map(plain(_strip_padding), num_parallel_calls=autotune)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed,
                         reshuffle_each_iteration=True)
