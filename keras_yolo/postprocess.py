@@ -149,6 +149,10 @@ def _greedy_kernel_nms(xyxy, scores, valid, iou_thres, max_det):
         hits = tf.scatter_nd(index[:, None], real, [b.shape[0]])
         return hits > 0
 
+    if xyxy.shape[0] == 1:
+        # Static batch of one (TFLite exports): no loop. TFLite's int8
+        # calibrator crashes on the WHILE loop a map_fn becomes.
+        return one((xyxy[0], scores[0], valid[0]))[None]
     return tf.map_fn(one, (xyxy, scores, valid),
                      fn_output_signature=tf.TensorSpec([xyxy.shape[1]],
                                                        tf.bool))

@@ -1,13 +1,15 @@
 """`python -m serving predict`: detections of image files from an export.
 
-    python -m serving predict --export runs/demo/export --images a.png b.jpg \
-        --out predictions.json [--draw runs/demo/drawn]
+    python -m serving predict --export runs/demo/export --images a.jpg photos/ \
+        --draw runs/demo/drawn [--out detections.json] [--tflite fp32]
 
-Runs the SavedModel (default) or the TFLite file (`--tflite`) of an export
-directory. Images are resized to the model's input size; boxes are returned
-in `xyxy` pixels of the original image (exports use `xyxy` by default).
-Also: `rest_request` / `parse_rest_response`, the JSON of TF Serving's REST
-predict API (`POST /v1/models/<name>:predict`).
+Sends each file's bytes, as they are, to the SavedModel's `serving_default`
+signature (decode, letterbox, network, NMS and the inverse letterbox run
+inside), or runs `model_<precision>.tflite` with the same letterbox around
+it (`--tflite`). Boxes are `xyxy` in the original image's pixels. Writes
+the detections JSON (`--out`, default `<draw>/detections.json` with
+`--draw`, else stdout) and, with `--draw`, each image with its boxes and
+class names.
 """
 
 import argparse
@@ -16,115 +18,113 @@ import os
 
 import numpy as np
 
+from serving.client import detections, read_images
+
 SIGNATURE = "serving_default"
-KEYS = ("boxes", "scores", "classes", "num_detections")
+BATCH = 8
 
 
-def rest_request(images):
-    """Body of a TF Serving REST predict call: `{"signature_name",
-    "inputs": {"images": [...]}}` (columnar form, any batch size)."""
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"`images` must be (B, H, W, 3); got {images.shape}.")
-    return {"signature_name": SIGNATURE, "inputs": {"images": images.tolist()}}
+def image_paths(specs):
+    """Files and directories (their images, sorted) -> file list."""
+    from serving.export import image_files
 
-
-def parse_rest_response(body):
-    """TF Serving's `{"outputs": {...}}` -> dict of numpy arrays."""
-    outputs = body["outputs"] if "outputs" in body else body
-    return {k: np.asarray(outputs[k]) for k in KEYS}
-
-
-def load_images(paths, size):
-    """Image files -> `(B, H, W, 3)` float32 in [0, 1] at `size` (H, W),
-    and the original `(height, width)` of each."""
-    from PIL import Image
-
-    images, shapes = [], []
-    for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            shapes.append((image.height, image.width))
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
-            images.append(np.asarray(image, np.float32) / 255.0)
-    return np.stack(images), shapes
+    return image_files(list(specs))
 
 
 class SavedModelRunner:
-    """Calls an exported SavedModel's `serving_default` signature."""
+    """Calls an export's `serving_default` (encoded bytes in)."""
 
     def __init__(self, path):
         import tensorflow as tf
 
         self._tf = tf
         self.signature = tf.saved_model.load(path).signatures[SIGNATURE]
-        spec = self.signature.structured_input_signature[1]["images"]
-        self.input_size = tuple(spec.shape[1:3])
 
-    def __call__(self, images):
-        out = self.signature(images=self._tf.constant(images, "float32"))
-        return {k: out[k].numpy() for k in KEYS}
+    def __call__(self, encoded):
+        out = self.signature(images=self._tf.constant(encoded))
+        return {k: v.numpy() for k, v in out.items()}
 
 
 class TFLiteRunner:
-    """Runs an exported TFLite file (batch 1) image by image."""
+    """Runs `model_<precision>.tflite` image by image: letterbox in, boxes
+    mapped back to the original pixels (as the SavedModel does inside)."""
 
-    def __init__(self, path):
+    def __init__(self, path, class_names):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=path)
-        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        self.runner = Interpreter(model_path=path).get_signature_runner(
+            SIGNATURE)
         shape = self.runner.get_input_details()["images"]["shape"]
         self.input_size = (int(shape[1]), int(shape[2]))
+        self.class_names = np.asarray(class_names, object)
 
-    def __call__(self, images):
-        outs = [self.runner(images=np.asarray(image[None], np.float32))
-                for image in images]
-        return {k: np.concatenate([o[k] for o in outs], 0) for k in KEYS}
+    def __call__(self, encoded):
+        import tensorflow as tf
+
+        from serving.letterbox import letterbox, unletterbox_boxes
+
+        rows = []
+        for data in encoded:
+            image = tf.io.decode_image(data, channels=3,
+                                       expand_animations=False)
+            hw = tf.cast(tf.shape(image)[:2], tf.float32)
+            canvas, scale, pad = letterbox(
+                tf.cast(image, tf.float32) / 255.0, self.input_size)
+            out = self.runner(images=canvas[None].numpy())
+            valid = out["classes"] >= 0
+            boxes = unletterbox_boxes(out["boxes"], scale, pad, hw).numpy()
+            out["boxes"] = np.where(valid[..., None], boxes, -1.0)
+            out["class_names"] = np.where(
+                valid, self.class_names[np.maximum(out["classes"], 0)], "")
+            rows.append(out)
+        return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 
-def predict(export_dir, image_paths, use_tflite=False, class_names=None):
-    """Detections per image, boxes in `xyxy` pixels of the original image."""
-    runner = (TFLiteRunner(os.path.join(export_dir, "model.tflite"))
-              if use_tflite else
-              SavedModelRunner(os.path.join(export_dir, "saved_model")))
-    images, shapes = load_images(image_paths, runner.input_size)
-    out = runner(images)
+def predict(export_dir, paths, tflite=None):
+    """Detections per image file: `[{"image", "width", "height",
+    "detections": [{"box_xyxy", "score", "class", "name"}]}]`."""
+    if tflite:
+        with open(os.path.join(export_dir, "export.json")) as f:
+            names = json.load(f)["class_names"]
+        runner = TFLiteRunner(os.path.join(
+            export_dir, f"model_{tflite}.tflite"), names)
+    else:
+        runner = SavedModelRunner(os.path.join(export_dir, "saved_model"))
     results = []
-    for i, path in enumerate(image_paths):
-        n = int(out["num_detections"][i])
-        scale = np.array([shapes[i][1] / runner.input_size[1],
-                          shapes[i][0] / runner.input_size[0]] * 2)
-        dets = []
-        for j in range(n):
-            cls = int(out["classes"][i, j])
-            dets.append({
-                "box_xyxy": (out["boxes"][i, j] * scale).round(2).tolist(),
-                "score": round(float(out["scores"][i, j]), 4),
-                "class": cls,
-                **({"name": class_names[cls]} if class_names else {})})
-        results.append({"image": path, "detections": dets})
+    for start in range(0, len(paths), BATCH):
+        chunk = paths[start:start + BATCH]
+        for path, dets in zip(chunk, detections(runner(read_images(chunk)))):
+            results.append({"image": path, "detections": dets})
     return results
 
 
 def draw(results, out_dir):
-    """Writes each image with its boxes drawn to `out_dir`."""
+    """Writes each image with its boxes and class names to `out_dir`
+    (PNG, the source file's name); returns the written paths."""
     from PIL import Image, ImageDraw
 
     os.makedirs(out_dir, exist_ok=True)
     colours = ["red", "lime", "blue", "yellow", "magenta", "cyan"]
+    written = []
     for result in results:
         with Image.open(result["image"]) as image:
             image = image.convert("RGB")
-            pen = ImageDraw.Draw(image)
-            for det in result["detections"]:
-                colour = colours[det["class"] % len(colours)]
-                pen.rectangle(det["box_xyxy"], outline=colour, width=2)
-                label = det.get("name", str(det["class"]))
-                pen.text(det["box_xyxy"][:2], f"{label} {det['score']:.2f}",
-                         fill=colour)
-            image.save(os.path.join(out_dir,
-                                    os.path.basename(result["image"])))
+        pen = ImageDraw.Draw(image)
+        for det in result["detections"]:
+            colour = colours[det["class"] % len(colours)]
+            x1, y1, x2, y2 = det["box_xyxy"]
+            pen.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+            label = f"{det['name']} {det['score']:.2f}"
+            left, top, right, bottom = pen.textbbox((x1, y1), label)
+            y = max(y1 - (bottom - top) - 2, 0)
+            pen.rectangle([x1, y, x1 + right - left + 2, y + bottom - top + 2],
+                          fill=colour)
+            pen.text((x1 + 1, y), label, fill="black")
+        name = os.path.splitext(os.path.basename(result["image"]))[0]
+        path = os.path.join(out_dir, name + ".png")
+        image.save(path)
+        written.append(path)
+    return written
 
 
 def add_parser(subparsers):
@@ -133,26 +133,37 @@ def add_parser(subparsers):
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", required=True,
-                        help="export directory (saved_model/, model.tflite)")
-    parser.add_argument("--images", nargs="+", required=True)
-    parser.add_argument("--tflite", action="store_true",
-                        help="run model.tflite instead of the SavedModel")
-    parser.add_argument("--class-names", nargs="+")
-    parser.add_argument("--out", help="write the detections JSON here")
+                        help="export directory (saved_model/, *.tflite)")
+    parser.add_argument("--images", nargs="+", required=True,
+                        help="image files and/or directories")
+    parser.add_argument("--tflite", choices=["fp32", "fp16", "int8"],
+                        help="run model_<precision>.tflite instead")
+    parser.add_argument("--out", help="detections JSON (default: "
+                        "<draw>/detections.json, or stdout)")
     parser.add_argument("--draw", help="write images with boxes here")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args):
-    results = predict(args.export, args.images, args.tflite, args.class_names)
+    try:
+        paths = image_paths(args.images)
+    except FileNotFoundError as error:
+        print(f"predict: error: {error}")
+        return 2
+    results = predict(args.export, paths, args.tflite)
     text = json.dumps(results, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    out = args.out or (os.path.join(args.draw, "detections.json")
+                       if args.draw else None)
     if args.draw:
         draw(results, args.draw)
-    print(text if not args.out else
-          f"{sum(len(r['detections']) for r in results)} detections in "
-          f"{len(results)} images -> {args.out}")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text + "\n")
+        print(f"{sum(len(r['detections']) for r in results)} detections in "
+              f"{len(results)} images -> {out}"
+              + (f"; drawn in {args.draw}" if args.draw else ""))
+    else:
+        print(text)
     return 0
