@@ -41,8 +41,10 @@ def add_parser(subparsers):
     parser.add_argument("--export", metavar="DIR",
                         help="then export the detector (network + decode + NMS) to DIR, "
                              "as `python -m serving export` does")
-    parser.add_argument("--export-format", nargs="+", default=["saved_model", "tflite"],
-                        choices=["saved_model", "tflite"], help="formats for --export")
+    parser.add_argument("--export-tflite", nargs="*", default=["fp32"],
+                        choices=["fp32", "fp16"],
+                        help="TFLite files written with --export besides the SavedModel "
+                             "(int8 needs calibration images: use `python -m serving export`)")
     parser.set_defaults(func=run)
     return parser
 
@@ -125,12 +127,13 @@ def run(args):
     if args.export:
         from serving.export import export
 
-        _log(f"exporting to {args.export} ({', '.join(args.export_format)})")
+        _log(f"exporting to {args.export} (SavedModel, TFLite {args.export_tflite})")
         try:
-            report = export(args.out, args.export, formats=tuple(args.export_format))
+            report = export(args.out, args.export, tflite=tuple(args.export_tflite))
         except Exception as error:  # noqa: BLE001 - the converted files stay valid
             return _fail(f"{args.out} and its decode.json were written, but exporting them "
                          f"failed: {type(error).__name__}: {error}")
-        _log("exported " + ", ".join(f"{k}: {report[k]['path']}" for k in
-                                     ("saved_model", "tflite") if k in report))
+        _log("exported " + ", ".join(
+            [f"saved_model: {report['saved_model']['path']}"]
+            + [f"tflite {k}: {v['path']}" for k, v in report["tflite"].items()]))
     return 0

@@ -136,8 +136,10 @@ def add_parser(subparsers):
                         help="export directory (saved_model/, *.tflite)")
     parser.add_argument("--images", nargs="+", required=True,
                         help="image files and/or directories")
-    parser.add_argument("--tflite", choices=["fp32", "fp16", "int8"],
-                        help="run model_<precision>.tflite instead")
+    parser.add_argument("--tflite", nargs="?", const="fp32",
+                        choices=["fp32", "fp16", "int8"],
+                        help="run model_<precision>.tflite instead (default "
+                        "fp32)")
     parser.add_argument("--out", help="detections JSON (default: "
                         "<draw>/detections.json, or stdout)")
     parser.add_argument("--draw", help="write images with boxes here")
