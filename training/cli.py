@@ -16,6 +16,7 @@ backup.
 """
 
 import argparse
+import logging
 import json
 import os
 
@@ -165,6 +166,9 @@ def add_train_parser(subparsers):
                         "accumulation over smaller batches)")
     parser.add_argument("--clip-norm", type=float, default=10.0,
                         help="global gradient norm limit (0: off)")
+    parser.add_argument("--no-autoanchor", action="store_true",
+                        help="v5: skip ultralytics' anchor check (best "
+                        "possible recall < 0.98: k-means + genetic anchors)")
     parser.add_argument("--no-ema", action="store_true")
     parser.add_argument("--ema-momentum", default="auto")
     parser.add_argument("--strategy", default="auto",
@@ -177,10 +181,18 @@ def add_train_parser(subparsers):
                         help="stop after the epoch that would overrun this")
     parser.add_argument("--backup-every", default="epoch",
                         help="'epoch' or a step count between backups")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the weights, the data order and the "
+                        "augmentations: same seed, same run")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="TF op determinism: bitwise-equal runs, at "
+                        "some speed cost")
     parser.add_argument("--out", help="run directory (default "
                         "runs/train-<time>)")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --out if it holds a finished "
+                        "run (its files are removed first); an unfinished "
+                        "run there is resumed")
     parser.set_defaults(func=run_train)
     return parser
 
@@ -202,6 +214,22 @@ def run_train(args):
     class_names = list(train_ds.class_names)
     recipe = recipes.make_recipe(args.version, num_classes, args.image_size,
                                  model=args.model)
+    anchor_report = None
+    if args.version == "v5" and not args.no_autoanchor:
+        # The labels as stored (yolov5 checks dataset.labels, not mosaics).
+        plain = argparse.Namespace(**{**vars(args), "augment": False})
+        anchors, anchor_report = recipes.autoanchor(
+            recipe.decode_config["anchors"], _dataset(plain, "train")[0],
+            args.image_size, seed=args.seed)
+        logging.getLogger("training").info(
+            "autoanchor: %.2f anchors/target, best possible recall %.4f%s",
+            anchor_report["aat"], anchor_report["bpr"],
+            f" -> {anchor_report['new_bpr']:.4f}, anchors replaced"
+            if anchor_report["replaced"] else "")
+        if anchor_report["replaced"]:
+            recipe = recipes.make_recipe(args.version, num_classes,
+                                         args.image_size, model=args.model,
+                                         anchors=anchors)
     ema_momentum = args.ema_momentum if args.ema_momentum == "auto" \
         else float(args.ema_momentum)
     if args.learning_rate is None:
@@ -229,9 +257,10 @@ def run_train(args):
         seed=args.seed, backup_every=backup,
         time_budget=args.minutes * 60 if args.minutes else None,
         config={"args": vars(args) | {"func": None},
+                "autoanchor": anchor_report,
                 "class_names": class_names},
         shuffle=args.data == "shapes",  # load() shuffles file indices
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, deterministic=args.deterministic)
     with open(os.path.join(result.run_dir, "class_names.json"), "w") as f:
         json.dump(class_names, f)
     save_decode_config(recipe.decode_config, decode_config_path(
