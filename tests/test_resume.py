@@ -155,14 +155,39 @@ def test_a_corrupt_backup_is_named(tmp_path):
 def test_epoch_order_is_a_function_of_seed_and_epoch():
     import tensorflow as tf
 
-    ds = tf.data.Dataset.range(10).map(lambda i: (tf.fill([2, 2, 3], i), i))
+    def fresh():   # a new process' pipeline: its own seed generators
+        return tf.data.Dataset.range(10).map(
+            lambda i: (tf.fill([2, 2, 3], i), i))
 
     def order(first, seed=3):
         return [int(b[1][0]) for b in resume.epoch_batches(
-            ds, 5, seed, first, 3)]
+            fresh(), 5, seed, first, 3)]
 
     full = order(0)
     assert len(full) == 6
     assert order(1) == full[2:] and order(2) == full[4:]
     assert full[:2] != full[2:4] or full[2:4] != full[4:]   # reshuffled
     assert order(0, seed=4) != full
+
+
+def test_epoch_order_of_a_pipeline_that_reshuffles_each_iteration():
+    # As keras_yolo.data.load(shuffle=True, augment=True): a seeded shuffle
+    # and per-sample random draws that change with each new iterator.
+    import tensorflow as tf
+
+    def fresh():
+        indices = tf.data.Dataset.range(12).shuffle(
+            12, seed=1, reshuffle_each_iteration=True)
+        draws = tf.data.Dataset.random(seed=2,
+                                       rerandomize_each_iteration=True)
+        return tf.data.Dataset.zip(indices, draws).map(
+            lambda i, r: (tf.fill([2, 2, 3], i), r % 1000))
+
+    def epochs(first):
+        return [tuple(b[1].numpy()) for b in resume.epoch_batches(
+            fresh(), 4, 0, first, 3, shuffle=False)]
+
+    full = epochs(0)
+    assert len(full) == 9 and len(set(full)) == 9
+    assert epochs(1) == full[3:]
+    assert epochs(2) == full[6:]

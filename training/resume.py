@@ -92,6 +92,19 @@ def epoch_batches(dataset, batch_size, seed, first_epoch, epochs,
 
     first_epoch = min(int(first_epoch), int(epochs))
     out = tf.data.Dataset.range(first_epoch, int(epochs)).flat_map(one_epoch)
+    if first_epoch > 0:
+        # A pipeline that reshuffles or rerandomizes "each iteration" keeps
+        # its seed generator in the dataset object, advanced by each new
+        # iterator: start one iterator (one element, dropped) per epoch
+        # already done, so epoch e sees the generator state it had in the
+        # uninterrupted run. Stateless per-iteration seeds need this only.
+        def started(epoch):
+            ds = dataset.take(1).filter(lambda *_: False)
+            return ds if batched else ds.batch(batch_size,
+                                               drop_remainder=True)
+
+        out = tf.data.Dataset.range(first_epoch).flat_map(
+            started).concatenate(out)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
