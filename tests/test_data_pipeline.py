@@ -107,6 +107,16 @@ def test_letterbox_matches_ultralytics_geometry_and_pixels():
         # Upscaling: TF bilinear and cv2 INTER_LINEAR sample alike.
         assert cv2.INTER_LINEAR == reference.interpolation
         np.testing.assert_allclose(ours.numpy() * 255, want, atol=1.01)
+    # Shrinking: ultralytics' load_image (long side to S with INTER_AREA),
+    # then its LetterBox pads; ours equals it up to cv2's uint8 rounding.
+    for height, width in ((200, 130), (300, 500)):
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        r = 64 / max(height, width)
+        shrunk = cv2.resize(image, (round(width * r), round(height * r)),
+                            interpolation=cv2.INTER_AREA)
+        want = augment.LetterBox(new_shape=(64, 64), auto=False)(image=shrunk)
+        ours, _ = data.letterbox(tf.constant(image), 64)
+        np.testing.assert_allclose(ours.numpy() * 255, want, atol=0.51)
 
 
 def test_unletterbox_inverts_letterbox_under_xla_with_run_time_shapes():

@@ -49,9 +49,7 @@ def letterbox(image, size):
     ratio = size_f / tf.maximum(h_f, w_f)
     new_h = tf.clip_by_value(tf.cast(tf.round(h_f * ratio), tf.int32), 1, size)
     new_w = tf.clip_by_value(tf.cast(tf.round(w_f * ratio), tf.int32), 1, size)
-    # antialias: an area-like filter when shrinking (ultralytics: INTER_AREA).
-    resized = tf.image.resize(image, tf.stack([new_h, new_w]),
-                              method="bilinear", antialias=True)
+    resized = resize(image, new_h, new_w)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     padded = tf.pad(resized - PAD_VALUE,
                     [[top, size - new_h - top], [left, size - new_w - left],
@@ -62,6 +60,22 @@ def letterbox(image, size):
     params = tf.stack([new_w_f / w_f, new_h_f / h_f, tf.cast(left, tf.float32),
                        tf.cast(top, tf.float32), w_f, h_f])
     return padded, params
+
+
+def resize(image, height, width):
+    """Float `(H, W, C)` image to `(height, width, C)` as ultralytics does:
+    unchanged at the same size, area averaging when shrinking (cv2's
+    INTER_AREA), bilinear when enlarging (INTER_LINEAR)."""
+    shape = tf.shape(image)
+    same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1],
+                                                               width))
+    shrink = tf.logical_and(tf.less_equal(height, shape[0]),
+                            tf.less_equal(width, shape[1]))
+    size = tf.stack([height, width])
+    return tf.case([
+        (same, lambda: image),
+        (shrink, lambda: tf.image.resize(image, size, method="area")),
+    ], default=lambda: tf.image.resize(image, size, method="bilinear"))
 
 
 def letterbox_boxes(boxes, params):

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
 from keras_yolo.data import sources as sources_lib
-from keras_yolo.data.letterbox import letterbox, letterbox_boxes
+from keras_yolo.data.letterbox import letterbox, letterbox_boxes, resize
 from keras_yolo.data.shapes import CLASS_NAMES, generate
 
 _logger = logging.getLogger("keras_yolo")
@@ -129,6 +129,11 @@ def load(source, split="train", image_size=640, augment=False,
                                   reshuffle_each_iteration=True)
     if augment:
         samples = _augment(samples, image_size, seed, augment_options or {})
+        if samples.cardinality() == tf.data.UNKNOWN_CARDINALITY:
+            # One output per input image (the augment contract), so the
+            # trainer still knows its steps per epoch.
+            samples = samples.apply(tf.data.experimental.assert_cardinality(
+                count))
     finish = _finisher(image_size, bounding_box_format, max_boxes,
                        truncate=on_error == "skip")
     dataset = samples.map(finish, num_parallel_calls=tf.data.AUTOTUNE,
@@ -190,7 +195,7 @@ def _fit_long_side(image, boxes, size):
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     ratio = size / tf.reduce_max(shape)
     new = tf.maximum(tf.cast(tf.round(shape * ratio), tf.int32), 1)
-    resized = tf.image.resize(image, new, antialias=True)
+    resized = resize(tf.cast(image, tf.float32), new[0], new[1])
     resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
     scale = tf.cast(new[::-1], tf.float32) / shape[::-1]
     return resized, boxes * tf.tile(scale, [2])

@@ -46,7 +46,7 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 from PIL import Image
 
-from keras_yolo.data.groundtruth import GroundTruthError, validate
+from keras_yolo.data.groundtruth import GroundTruthError, pad, validate
 
 _logger = logging.getLogger("keras_yolo")
 
@@ -225,21 +225,28 @@ def _finish(paths, rows, ignored, class_names, source, fmt, problems,
             labels.append(label)
         if bad:
             continue
-        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        labels = np.asarray(labels, np.int32)
-        # The shared definition of a valid row (losses and data alike).
-        validate({"boxes": boxes[None], "labels": labels[None]},
-                 max(num_classes, 1), "xyxy", image_shape=(height, width),
-                 source=path)
         keep.append(i)
-        out_boxes.append(boxes)
-        out_labels.append(labels)
+        out_boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
+        out_labels.append(np.asarray(labels, np.int32))
         regions = np.asarray(ignored[i] if ignored else [], np.float32)
         out_ignored.append(regions.reshape(-1, 4))
     problems.log_summary(len(keep), len(paths))
+    _validate(out_boxes, out_labels, sizes[keep], num_classes, source)
     return Records([paths[i] for i in keep], out_boxes, out_labels,
                    out_ignored, sizes[keep].reshape(-1, 2),
                    list(class_names), source, fmt)
+
+
+def _validate(boxes, labels, sizes, num_classes, source, chunk=4096):
+    """The shared definition of a valid row (`groundtruth.validate`, as the
+    losses use it), on the whole split in relative coordinates."""
+    for start in range(0, len(boxes), chunk):
+        block = slice(start, start + chunk)
+        most = max([len(b) for b in boxes[block]] + [1])
+        gt = pad(boxes[block], labels[block], most, source=source)
+        scale = np.tile(sizes[block][:, ::-1], 2)[:, None, :]
+        gt["boxes"] = gt["boxes"] / np.maximum(scale, 1)
+        validate(gt, max(num_classes, 1), "rel_xyxy", source=source)
 
 
 def _check_row(label, box, width, height, num_classes):
