@@ -278,3 +278,35 @@ def test_ema_ramp_and_recipe_optimizer_config_round_trip():
         float(opt.schedule.bias_learning_rate(7)))
     with pytest.raises(ValueError, match="decay"):
         YoloV5Schedule(decay="step")
+
+
+def test_coupled_l2_shrinks_16_times_more_than_keras_decoupled_decay():
+    """Zero data gradient, lr 0.01, wd 5e-4, Nesterov momentum 0.937: the
+    coupled L2 (through the momentum) settles at a per-step shrink of
+    lr·wd/(1 − μ) ≈ 15.9 lr·wd; Keras' decoupled `weight_decay` shrinks by
+    lr·wd per step. Both against their closed recursions."""
+    lr, wd, mu, steps = 0.01, 5e-4, 0.937, 150
+    coupled = keras.Variable(np.ones(4, np.float32), name="kernel")
+    schedule = YoloV5Schedule(lr, 10, 100, decay="constant", batch_size=64,
+                              warmup_epochs=0, min_warmup_steps=0,
+                              momentum=mu)
+    ours = YoloSGD(schedule, weight_decay=wd, clip_norm=None, use_ema=False)
+    decoupled = keras.Variable(np.ones(4, np.float32), name="kernel")
+    keras_sgd = keras.optimizers.SGD(lr, momentum=mu, nesterov=True,
+                                     weight_decay=wd)
+    zero = np.zeros(4, np.float32)
+    history = []
+    for _ in range(steps):
+        ours.apply([zero], [coupled])
+        keras_sgd.apply([zero], [decoupled])
+        history.append(float(coupled.numpy()[0]))
+    w, b = 1.0, 0.0
+    for _ in range(steps):   # torch SGD, nesterov, weight_decay=wd
+        g = wd * w
+        b = mu * b + g
+        w -= lr * (g + mu * b)
+    assert history[-1] == pytest.approx(w, rel=1e-5)
+    assert float(decoupled.numpy()[0]) == pytest.approx(
+        (1 - lr * wd) ** steps, rel=1e-5)
+    shrink = 1 - history[-1] / history[-2]
+    assert shrink == pytest.approx(lr * wd / (1 - mu), rel=0.01)
