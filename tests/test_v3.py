@@ -11,6 +11,7 @@ from conftest import require_file, require_peer
 from keras_yolo import boxes as box_ops
 from keras_yolo.anchors import YOLOV3_ANCHORS
 from keras_yolo.assign import yolo_v3 as assign
+from keras_yolo.assign.groundtruth import GroundTruthError
 from keras_yolo.layers import YoloV3Decode
 from keras_yolo.losses import YoloV3Loss
 
@@ -298,12 +299,28 @@ def test_float16_outputs_give_finite_loss_and_gradients():
     assert all(np.isfinite(g.numpy().astype(np.float32)).all() for g in grads)
 
 
-def test_zero_size_truth_gives_finite_loss():
+def test_sub_pixel_truth_gives_finite_loss():
     raw, boxes, labels = random_case(6)
-    boxes[0, 0, 2:] = 0.0
+    boxes[0, 0, 2:] = 1e-6  # 1e-9 rounds to an empty box in float32
     loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS, coord_iou_gate=None)
     _, total, grads = loss_and_grads(loss, boxes, labels, raw)
     assert np.isfinite(total) and all(np.isfinite(g).all() for g in grads)
+
+
+def test_zero_size_truth_is_refused_eagerly_and_masked_when_compiled():
+    raw, boxes, labels = random_case(6)
+    loss = YoloV3Loss(num_classes=3, anchors=SMALL_ANCHORS, coord_iou_gate=None)
+    clean = float(loss({"boxes": boxes, "labels": labels}, raw))
+    dirty = boxes.copy()
+    dirty[0, 0, 2:] = 0.0
+    with pytest.raises(GroundTruthError, match="image 0 row 0"):
+        loss({"boxes": dirty, "labels": labels}, raw)
+    compiled = tf.function(lambda y, p: loss(y, p), jit_compile=True)
+    padded = labels.copy()
+    padded[0, 0] = -1  # the masked row is padding: same loss as without it
+    want = float(loss({"boxes": boxes, "labels": padded}, raw))
+    got = float(compiled({"boxes": dirty, "labels": labels}, raw))
+    assert got == pytest.approx(want, rel=1e-6) and want != clean
 
 
 # --- darknet_compat: pjreddie darknet's [yolo] layer ----------------------

@@ -75,7 +75,7 @@ def assign_level(boxes, labels, anchor_index, mask, grid_shape, num_classes):
         labels: `(B, M)` int32, -1 for padding.
         anchor_index: `(B, M)` best anchor of each truth (`best_anchor`).
         mask: this level's anchors, as indices into all anchors.
-        grid_shape: `(H, W)` static ints.
+        grid_shape: `(H, W)`, ints or scalar int32 tensors.
         num_classes: C.
 
     Returns:
@@ -93,9 +93,13 @@ def assign_level(boxes, labels, anchor_index, mask, grid_shape, num_classes):
     """
     height, width = grid_shape
     num_anchors = len(mask)
+    # Static sizes when known (a fixed padding), run-time ones otherwise
+    # (`padded_batch`, a relaxed retrace): both give the same graph values.
     batch, max_truths = boxes.shape[0], boxes.shape[1]
     if batch is None:
         batch = tf.shape(boxes)[0]
+    if max_truths is None:
+        max_truths = tf.shape(boxes)[1]
     position = _mask_lookup(anchor_index, mask)
     assigned = (labels >= 0) & (position >= 0)
     col = tf.clip_by_value(tf.cast(tf.floor(boxes[..., 0] * width), tf.int32),

@@ -8,8 +8,9 @@ from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
 from keras_yolo.layers.flatten import flatten_cells
 
-# exp() of a larger t_w stays finite in float32 and is a box more than 10^8
-# anchors wide, which overlaps nothing; clipping keeps IoUs free of inf/NaN.
+# t_w, t_h are clipped to ±20 before exp: a box e^20 = 4.9e8 anchors wide
+# overlaps nothing, and every size (and each IoU built from it) stays finite
+# and > 0 in float32 (pjreddie darknet's exp overflows above 88.7).
 MAX_LOG_SCALE = 20.0
 
 
@@ -25,7 +26,9 @@ def decode_level(raw, anchors, stride):
         w = p_w e^{t_w} / (W stride),      h = p_h e^{t_h} / (H stride)
 
     with `(c_x, c_y)` the cell's column and row and `(p_w, p_h)` the anchor in
-    pixels; the input image is `(H stride, W stride)` pixels.
+    pixels; the input image is `(H stride, W stride)` pixels. `t_w, t_h` are
+    clipped to `±MAX_LOG_SCALE` (20) first, so any finite raw output gives a
+    finite box of positive size.
 
     Args:
         raw: `(B, H, W, A, 5 + C)` raw head output (float32).
@@ -40,7 +43,7 @@ def decode_level(raw, anchors, stride):
     grid_y = tf.cast(tf.range(height), tf.float32)[None, :, None, None]
     size = tf.cast(tf.stack([width, height]), tf.float32)
     anchors = tf.constant(anchors, tf.float32) / (size * stride)
-    t_wh = tf.minimum(raw[..., 2:4], MAX_LOG_SCALE)
+    t_wh = tf.clip_by_value(raw[..., 2:4], -MAX_LOG_SCALE, MAX_LOG_SCALE)
     return tf.concat([
         ((tf.sigmoid(raw[..., 0]) + grid_x) / size[0])[..., None],
         ((tf.sigmoid(raw[..., 1]) + grid_y) / size[1])[..., None],
@@ -94,6 +97,8 @@ class YoloV3Decode(keras.layers.Layer):
         masks: optional darknet [yolo] masks: level l uses `anchors[masks[l]]`.
         bounding_box_format: format of the output boxes; pixel formats are in
             pixels of the input image (grid size times stride).
+        num_classes: optional C; when given, each level's last axis must be
+            `5 + C` (a mismatch is named instead of decoding garbage).
 
     Input: list of `(B, H_l, W_l, A, 5 + C)` raw outputs, one per level.
     Output: `{"boxes": (B, N, 4), "objectness": (B, N), "class_probs": (B, N, C)}`
@@ -107,9 +112,13 @@ class YoloV3Decode(keras.layers.Layer):
 
     def __init__(self, anchors=default_anchors.YOLOV3_ANCHORS,
                  strides=default_anchors.STRIDES, masks=None,
-                 bounding_box_format="rel_center_xywh", **kwargs):
+                 bounding_box_format="rel_center_xywh", num_classes=None,
+                 **kwargs):
         super().__init__(**kwargs)
         box_ops._check_format("bounding_box_format", bounding_box_format)
+        if num_classes is not None and int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.strides = tuple(int(s) for s in strides)
         self.all_anchors, self.masks = level_anchors(anchors, masks,
                                                      len(self.strides))
@@ -131,6 +140,12 @@ class YoloV3Decode(keras.layers.Layer):
                 raise ValueError(
                     f"a level with anchors {mask} needs {len(mask)} anchors "
                     f"on axis 3; got raw shape {raw.shape}.")
+            if self.num_classes is not None and raw.shape[4] not in (
+                    None, 5 + self.num_classes):
+                raise ValueError(
+                    f"`num_classes={self.num_classes}` needs "
+                    f"{5 + self.num_classes} channels on axis 4; got raw "
+                    f"shape {raw.shape}.")
             level = decode_level(raw, self.all_anchors[mask], stride)
             boxes.append(flatten_cells(level))
             objectness.append(flatten_cells(tf.sigmoid(raw[..., 4])))
@@ -150,5 +165,6 @@ class YoloV3Decode(keras.layers.Layer):
         config = super().get_config()
         config.update(anchors=self.anchors, strides=list(self.strides),
                       masks=self._masks_arg,
-                      bounding_box_format=self.bounding_box_format)
+                      bounding_box_format=self.bounding_box_format,
+                      num_classes=self.num_classes)
         return config

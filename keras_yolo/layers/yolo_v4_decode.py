@@ -9,6 +9,11 @@ from keras_yolo.layers.flatten import flatten_cells
 
 # AlexeyAB darknet cfg/yolov4.cfg: scale_x_y of the P3, P4, P5 [yolo] layers.
 YOLOV4_SCALE_X_Y = (1.2, 1.1, 1.05)
+# t_w, t_h are clipped to ±20 before exp: a box e^20 = 4.9e8 anchors wide
+# overlaps nothing, and every size (and each IoU, area and squared distance
+# built from it, in pixels) stays finite and > 0 in float32. Darknet's
+# exp(t_w) overflows float32 above 88.7 and its IoU products already near 30.
+MAX_LOG_SCALE = 20.0
 
 
 def level_list(value, num_levels, name):
@@ -30,6 +35,10 @@ def decode_level(raw, anchors, stride, scale_x_y):
         y = (c_y + scale_x_y * logistic(t_y) - (scale_x_y - 1) / 2) / H
         w = p_w e^{t_w} / (W * stride),   h = p_h e^{t_h} / (H * stride)
 
+    with `t_w, t_h` clipped to `±MAX_LOG_SCALE` (20) first, so that any
+    finite raw output gives a finite box of positive size (beyond the clip
+    the size, and the loss through it, has no gradient in `t_w`).
+
     Args:
         raw: `(B, H, W, A, 5 + C)` float32 raw head output.
         anchors: `(A, 2)` anchor `(w, h)` in input pixels.
@@ -49,8 +58,9 @@ def decode_level(raw, anchors, stride, scale_x_y):
     x = (cols + offset[..., 0]) / fw
     y = (rows + offset[..., 1]) / fh
     anchors = tf.cast(anchors, raw.dtype)
-    w = tf.exp(raw[..., 2]) * anchors[:, 0] / (fw * stride)
-    h = tf.exp(raw[..., 3]) * anchors[:, 1] / (fh * stride)
+    t_wh = tf.clip_by_value(raw[..., 2:4], -MAX_LOG_SCALE, MAX_LOG_SCALE)
+    w = tf.exp(t_wh[..., 0]) * anchors[:, 0] / (fw * stride)
+    h = tf.exp(t_wh[..., 1]) * anchors[:, 1] / (fh * stride)
     return tf.stack([x, y, w, h], axis=-1)
 
 
@@ -63,7 +73,9 @@ class YoloV4Decode(keras.layers.Layer):
         w = p_w e^{t_w},  h = p_h e^{t_h},  C = logistic(t_o),  p(c_k) = logistic(c_k)
 
     `scale_x_y > 1` ("eliminate grid sensitivity") lets a centre reach the
-    cell borders and `(scale_x_y - 1) / 2` beyond them.
+    cell borders and `(scale_x_y - 1) / 2` beyond them. `t_w, t_h` are
+    clipped to `±MAX_LOG_SCALE` (20) before `exp`, so any finite raw output
+    decodes to a finite box (darknet's `exp` overflows to inf / NaN boxes).
 
     Args:
         anchors: `(L, A, 2)` anchor `(w, h)` in input pixels, levels in
@@ -73,6 +85,8 @@ class YoloV4Decode(keras.layers.Layer):
             `(1.2, 1.1, 1.05)` as in `cfg/yolov4.cfg`.
         bounding_box_format: format of the output boxes; pixel formats are
             in pixels of the input image `(H * stride, W * stride)`.
+        num_classes: optional C; when given, each level's last axis must be
+            `5 + C` (a mismatch is named instead of decoding garbage).
 
     Input: a list of `L` raw outputs `(B, H_l, W_l, A, 5 + C)`.
     Output: `{"boxes": (B, N, 4), "objectness": (B, N), "class_probs": (B, N, C)}`
@@ -85,9 +99,13 @@ class YoloV4Decode(keras.layers.Layer):
 
     def __init__(self, anchors=None, strides=(8, 16, 32),
                  scale_x_y=YOLOV4_SCALE_X_Y,
-                 bounding_box_format="rel_center_xywh", **kwargs):
+                 bounding_box_format="rel_center_xywh", num_classes=None,
+                 **kwargs):
         super().__init__(**kwargs)
         box_ops._check_format("bounding_box_format", bounding_box_format)
+        if num_classes is not None and int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
+        self.num_classes = None if num_classes is None else int(num_classes)
         if anchors is None:
             anchors = default_anchors.YOLOV4_ANCHORS
         self.anchors = [[[float(v) for v in a] for a in level]
@@ -114,6 +132,14 @@ class YoloV4Decode(keras.layers.Layer):
         for raw, anchors, stride, scale in zip(inputs, self.anchors,
                                                self.strides, self.scale_x_y):
             raw = tf.cast(raw, tf.float32)
+            want = (len(anchors), None if self.num_classes is None
+                    else 5 + self.num_classes)
+            for axis, size in zip((3, 4), want):
+                if size is not None and raw.shape[axis] not in (None, size):
+                    raise ValueError(
+                        f"YoloV4Decode needs {size} channels on axis {axis} "
+                        f"({len(anchors)} anchors, num_classes="
+                        f"{self.num_classes}); got raw shape {raw.shape}.")
             if image_shape is None:
                 image_shape = (tf.shape(raw)[1] * stride,
                                tf.shape(raw)[2] * stride)
@@ -131,5 +157,6 @@ class YoloV4Decode(keras.layers.Layer):
         config = super().get_config()
         config.update(anchors=self.anchors, strides=list(self.strides),
                       scale_x_y=list(self.scale_x_y),
-                      bounding_box_format=self.bounding_box_format)
+                      bounding_box_format=self.bounding_box_format,
+                      num_classes=self.num_classes)
         return config

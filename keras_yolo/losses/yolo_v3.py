@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
+from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v3 as assign
 from keras_yolo.layers.yolo_v3_decode import decode_level, level_anchors
 
@@ -108,7 +109,13 @@ class YoloV3Loss(keras.losses.Loss):
         reduction: see above.
 
     Call:
-        y_true: `{"boxes": (B, M, 4), "labels": (B, M) int}`, label -1 pads.
+        y_true: `{"boxes": (B, M, 4), "labels": (B, M) int}`, negative
+            labels pad; B and M may be unknown until run time
+            (`padded_batch`). Rows that break the ground-truth policy
+            (`keras_yolo.assign.groundtruth`: label >= C or not an integer,
+            non-finite coordinate, empty or off-image box) raise
+            `GroundTruthError` eagerly and are masked (as padding) inside
+            `tf.function` / XLA.
         y_pred: list of `(B, H_l, W_l, A, 5 + C)` raw outputs, ascending
             stride (any float dtype; computed in float32).
         Returns a scalar; `components(y_true, y_pred)` gives `{"box", "obj",
@@ -213,16 +220,18 @@ class YoloV3Loss(keras.losses.Loss):
                 y_true):
             raise ValueError("`y_true` must be a dict with keys 'boxes' and "
                              f"'labels'; got {type(y_true).__name__}.")
-        boxes = tf.cast(y_true["boxes"], tf.float32)
-        labels = tf.cast(tf.round(tf.cast(y_true["labels"], tf.float32)),
-                         tf.int32)
         image_shape = None
         if not self.bounding_box_format.startswith("rel_"):
             image_shape = (_dim(y_pred[0], 1) * self.strides[0],
                            _dim(y_pred[0], 2) * self.strides[0])
-        boxes = box_ops.convert(boxes, self.bounding_box_format,
-                                "rel_center_xywh", image_shape=image_shape)
-        # Padded rows hold anything; make them harmless zeros.
+        # The one ground-truth policy: invalid rows raise eagerly, are
+        # padding (label -1, box 0) inside a compiled step.
+        boxes, labels = groundtruth.sanitize(
+            y_true, self.num_classes, self.bounding_box_format, image_shape)
+        boxes = box_ops.convert(tf.cast(boxes, tf.float32),
+                                self.bounding_box_format, "rel_center_xywh",
+                                image_shape=image_shape)
+        # Padded rows become harmless zeros in the converted format too.
         boxes = tf.where((labels >= 0)[..., None], boxes, 0.0)
         return boxes, labels
 

@@ -85,9 +85,10 @@ import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
+from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v4 as assign_v4
-from keras_yolo.layers.yolo_v4_decode import (YOLOV4_SCALE_X_Y, decode_level,
-                                              level_list)
+from keras_yolo.layers.yolo_v4_decode import (MAX_LOG_SCALE, YOLOV4_SCALE_X_Y,
+                                              decode_level, level_list)
 
 IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 # compare_yolo_class(..., 0.25f): the class-confidence gate of the ignore rule.
@@ -237,6 +238,20 @@ class YoloV4Loss(keras.losses.Loss):
         darknet_compat: follow yolo_layer.c exactly.
         max_boxes: truths per image used by `darknet_compat`, default 200.
 
+    Call:
+        y_true: `{"boxes": (B, M, 4), "labels": (B, M)}`, negative labels
+            pad; B and M may be unknown until run time (`padded_batch`).
+            Rows that break the ground-truth policy
+            (`keras_yolo.assign.groundtruth`: label >= C or not an integer,
+            non-finite coordinate, empty or off-image box) raise
+            `GroundTruthError` eagerly and are masked (as padding) inside
+            `tf.function` / XLA.
+        y_pred: list of `(B, H_l, W_l, A, 5 + C)` raw outputs (any float
+            dtype; computed in float32). Any finite value gives a finite
+            loss and gradient: `t_w, t_h` are clipped to ±20 in the decoding
+            (`MAX_LOG_SCALE`), where darknet's `exp` overflows to inf boxes
+            and NaN IoUs (its `fix_nan_inf` then zeroes the delta).
+
     Example:
         >>> loss = YoloV4Loss(num_classes=80, iou_normalizer=0.07)
         >>> total = loss({"boxes": boxes, "labels": labels}, [p3, p4, p5])
@@ -337,11 +352,16 @@ class YoloV4Loss(keras.losses.Loss):
         return levels
 
     def _truths(self, y_true, image_shape):
-        labels = tf.cast(y_true["labels"], tf.int32)
-        boxes = tf.cast(y_true["boxes"], tf.float32)
-        boxes = box_ops.convert(boxes, self.bounding_box_format,
-                                "rel_center_xywh", image_shape)
-        valid = (labels >= 0) & (labels < self.num_classes)
+        # The one ground-truth policy: invalid rows raise eagerly, are
+        # padding (label -1) inside a compiled step; never silently dropped.
+        boxes, labels = groundtruth.sanitize(
+            y_true, self.num_classes, self.bounding_box_format,
+            None if self.bounding_box_format.startswith("rel_")
+            else image_shape)
+        boxes = box_ops.convert(tf.cast(boxes, tf.float32),
+                                self.bounding_box_format, "rel_center_xywh",
+                                image_shape)
+        valid = labels >= 0
         if self.darknet_compat:
             index = tf.range(tf.shape(labels)[1])[None, :]
             valid &= index < self.max_boxes
@@ -429,7 +449,10 @@ class YoloV4Loss(keras.losses.Loss):
         wh = pairs[..., 2:4]
         pairs = tf.concat([pairs[..., :2], tf.where(wh == 0, 1.0, wh)], -1)
         delta = darknet_dx_box_iou(pairs, truth_pairs, self.iou_loss)
-        exp_wh = tf.exp(tf.gather_nd(raw_sg, indices)[..., 2:4])
+        # e^{t_w} of the decoded (clipped) size, not of the raw t_w.
+        exp_wh = tf.exp(tf.clip_by_value(
+            tf.gather_nd(raw_sg, indices)[..., 2:4], -MAX_LOG_SCALE,
+            MAX_LOG_SCALE))
         delta = tf.concat([delta[..., :2], delta[..., 2:] * exp_wh], -1)
         delta = self.lambda_coord * delta
         delta = tf.where(tf.math.is_finite(delta), delta, 0.0)
