@@ -71,10 +71,11 @@ def check_float_images(images):
 
 
 def _is_supported_image(data):
-    head = tf.strings.substr(data, 0, 8)
+    # Padded so that Substr never reads past a short (or empty) string.
+    data = tf.strings.join([data, b"\0" * 12])
     return tf.reduce_any(tf.stack([
-        tf.io.is_jpeg(data),
-        tf.equal(head, b"\x89PNG\r\n\x1a\n"),
+        tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"),  # JPEG
+        tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"),
         tf.equal(tf.strings.substr(data, 0, 3), b"GIF"),
         tf.equal(tf.strings.substr(data, 0, 2), b"BM"),
         tf.logical_and(tf.equal(tf.strings.substr(data, 0, 4), b"RIFF"),
@@ -159,8 +160,9 @@ class DetectorModule(tf.Module):
         def one(args):
             data, i = args
             ok = tf.debugging.Assert(_is_supported_image(data), [
-                "images[", i, "] is not a JPEG, PNG, GIF, BMP or WebP image "
-                "(", tf.strings.length(data), "bytes)"],
+                tf.strings.format(
+                    "images[{}] is not a JPEG, PNG, GIF, BMP or WebP image "
+                    "({} bytes)", (i, tf.strings.length(data)))],
                 name="check_encoding")
             with tf.control_dependencies([ok]):
                 image = tf.io.decode_image(data, channels=3,
@@ -169,7 +171,8 @@ class DetectorModule(tf.Module):
             image = tf.ensure_shape(image, [None, None, 3])
             hw = tf.shape(image)[:2]
             ok = tf.debugging.Assert(tf.reduce_all(hw > 0), [
-                "images[", i, "] decodes to an empty image of shape", hw],
+                tf.strings.format("images[{}] decodes to an empty image of "
+                                  "shape {}", (i, hw))],
                 name="check_decoded_size")
             with tf.control_dependencies([ok]):
                 image = tf.cast(image, tf.float32) / 255.0

@@ -459,3 +459,108 @@ def test_predict_command_draws_names_and_writes_json(exported, pictures,
                                tflite="fp32")
     np.testing.assert_allclose([d["box_xyxy"] for d in lite[0]["detections"]],
                                expected[0]["boxes"], atol=2e-3)
+
+
+BAD_INPUTS = textwrap.dedent(r"""
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    export, png = sys.argv[1], open(sys.argv[2], "rb").read()
+    model = tf.saved_model.load(os.path.join(export, "saved_model"))
+    tensor = model.signatures["serving_tensor"]
+    encoded = model.signatures["serving_default"]
+    good = np.full((1, 48, 64, 3), 0.5, np.float32)
+    cases = {
+        "rank 0": lambda: tensor(images=tf.constant(0.5)),
+        "rank 3": lambda: tensor(images=tf.constant(good[0])),
+        "rank 5": lambda: tensor(images=tf.constant(good[None])),
+        "4 channels": lambda: tensor(images=tf.zeros((1, 48, 64, 4))),
+        "batch 0": lambda: tensor(images=tf.zeros((0, 48, 64, 3))),
+        "height 0": lambda: tensor(images=tf.zeros((1, 0, 64, 3))),
+        "NaN": lambda: tensor(images=tf.constant(
+            np.where(np.arange(3) == 1, np.nan, good))),
+        "Inf": lambda: tensor(images=tf.constant(good * np.inf)),
+        "1e30": lambda: tensor(images=tf.constant(good * 2e30)),
+        "0..255": lambda: tensor(images=tf.constant(good * 255)),
+        "negative": lambda: tensor(images=tf.constant(-good)),
+        "int32": lambda: tensor(images=tf.zeros((1, 48, 64, 3), tf.int32)),
+        "no bytes": lambda: encoded(images=tf.constant([], tf.string)),
+        "garbage at 1": lambda: encoded(images=tf.constant(
+            [png, b"not an image"])),
+        "empty at 0": lambda: encoded(images=tf.constant([b"", png])),
+        "truncated png": lambda: encoded(images=tf.constant([png[:60]])),
+    }
+    result = {}
+    for name, call in cases.items():
+        try:
+            out = call()
+            result[name] = ["ok", int(out["num_detections"].numpy().sum())]
+        except Exception as error:
+            result[name] = [type(error).__name__, str(error)[:400]]
+    # TFLite: the interpreter checks shapes; values are sanitized.
+    runner = Interpreter(model_path=os.path.join(
+        export, "model_fp32.tflite")).get_signature_runner()
+    for name, image in {
+            "tflite NaN": np.full((1, 64, 64, 3), np.nan, np.float32),
+            "tflite 1e30": np.full((1, 64, 64, 3), 1e30, np.float32),
+            "tflite rank 3": np.zeros((64, 64, 3), np.float32)}.items():
+        try:
+            out = runner(images=image)
+            result[name] = ["ok", bool(np.isfinite(out["boxes"]).all()
+                                       and np.isfinite(out["scores"]).all())]
+        except Exception as error:
+            result[name] = [type(error).__name__, str(error)[:400]]
+    out = encoded(images=tf.constant([png]))
+    result["still serving"] = int(out["num_detections"].numpy()[0])
+    print("RESULT" + json.dumps(result))
+""")
+
+
+def test_malformed_inputs_are_refused_cleanly_in_a_subprocess(
+        exported, encoded, tmp_path):
+    """#13.7: every malformed input is an InvalidArgumentError saying what
+    is wrong, never a crash: run in a subprocess so an abort fails this test only."""
+    script = tmp_path / "bad.py"
+    script.write_text(BAD_INPUTS)
+    (tmp_path / "a.png").write_bytes(encoded[0])
+    proc = subprocess.run([sys.executable, str(script), exported[0],
+                           str(tmp_path / "a.png")], capture_output=True,
+                          text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, f"crashed ({proc.returncode}): " + \
+        proc.stderr[-3000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+    result = json.loads(lines[-1][len("RESULT"):])
+    expected = {
+        "rank 0": "must be a float32 batch (B, H, W, 3)",
+        "rank 3": "must be a float32 batch (B, H, W, 3)",
+        "rank 5": "must be a float32 batch (B, H, W, 3)",
+        "4 channels": "must be a float32 batch (B, H, W, 3)",
+        "batch 0": "at least one image",
+        "height 0": "at least one image",
+        "NaN": "must be finite",
+        "Inf": "must be finite",
+        "1e30": "must be in [0, 1]",
+        "0..255": "must be in [0, 1] (divide 8-bit images by 255)",
+        "negative": "must be in [0, 1]",
+        "no bytes": "at least one encoded image",
+        "garbage at 1": "images[1] is not a JPEG, PNG, GIF, BMP or WebP image "
+                        "(12 bytes)",
+        "empty at 0": "images[0] is not a JPEG, PNG, GIF, BMP or WebP image "
+                      "(0 bytes)",
+    }
+    for name, message in expected.items():
+        kind, text = result[name]
+        assert kind == "InvalidArgumentError", (name, result[name])
+        assert message in text, (name, text)
+    # the signature's dtype is checked before the graph runs (TF Serving
+    # refuses it the same way)
+    assert result["int32"][0] == "InvalidArgumentError", result["int32"]
+    assert "int32" in result["int32"][1] and "float" in result["int32"][1]
+    assert result["truncated png"][0] == "InvalidArgumentError"
+    assert result["tflite NaN"] == ["ok", True]
+    assert result["tflite 1e30"] == ["ok", True]
+    # the interpreter refuses it (a Python exception, not an abort)
+    assert result["tflite rank 3"][0] in ("ValueError", "RuntimeError")
+    assert result["still serving"] > 0
