@@ -191,3 +191,91 @@ def test_epoch_order_of_a_pipeline_that_reshuffles_each_iteration():
     assert len(full) == 9 and len(set(full)) == 9
     assert epochs(1) == full[3:]
     assert epochs(2) == full[6:]
+
+
+def _nan_run(tmp_path, kind, at_step):
+    """3 steps an epoch; from optimizer step `at_step` on the loss (kind
+    "loss") or only its gradient (kind "gradient") is NaN."""
+    import hashlib
+
+    import keras
+    import tensorflow as tf
+
+    import training
+    from keras_yolo import data
+    from keras_yolo.postprocess import NonMaxSuppression
+
+    sys.path.insert(0, TESTS)
+    from tiny_detector import TinyDecode, TinyLoss, build_tiny_model
+
+    class PoisonedLoss(TinyLoss):
+        def __init__(self):
+            super().__init__(3)
+            self.poisoned = tf.Variable(False, trainable=False)
+
+        def call(self, y_true, y_pred):
+            base = super().call(y_true, y_pred)
+            if kind == "loss":
+                bad = lambda: tf.constant(float("nan"))  # noqa: E731
+            else:  # value sqrt(0) = 0, gradient 0 / 0 = NaN
+                bad = lambda: tf.sqrt(  # noqa: E731
+                    0.0 * tf.reduce_sum(tf.cast(y_pred, tf.float32)))
+            return base + tf.cond(self.poisoned, bad, lambda: 0.0)
+
+    loss = PoisonedLoss()
+    best_hash = {}
+
+    class PoisonAt(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            loss.poisoned.assign(step + 1 >= at_step)
+            best = os.path.join(run_dir, "best.weights.h5")
+            if step + 1 == at_step and os.path.exists(best):
+                with open(best, "rb") as f:
+                    best_hash["before"] = hashlib.sha1(f.read()).hexdigest()
+
+    run_dir = str(tmp_path / kind)
+    ds = data.shapes(num_images=24, image_size=64, num_classes=3, seed=0)
+    nms = NonMaxSuppression(bounding_box_format="rel_center_xywh",
+                            max_det=20)
+    decode = TinyDecode()
+    with pytest.raises(FloatingPointError) as error:
+        training.train(
+            lambda: build_tiny_model(64, 3, seed=1), loss, ds,
+            val_data=ds.take(8), postprocess=lambda raw: nms(decode(raw)),
+            num_classes=3, epochs=4, batch_size=8, optimizer="sgd",
+            learning_rate=0.002, ema=True, strategy="default",
+            jit_compile=False, backup_every=2, run_dir=run_dir,
+            extra_callbacks=[PoisonAt()])
+    best = os.path.join(run_dir, "best.weights.h5")
+    with open(best, "rb") as f:
+        assert hashlib.sha1(f.read()).hexdigest() == best_hash["before"]
+    return str(error.value), run_dir
+
+
+def test_a_nan_loss_stops_the_run_naming_step_terms_and_checkpoint(
+        tmp_path):
+    message, run_dir = _nan_run(tmp_path, "loss", at_step=5)
+    assert "non-finite loss at epoch 2 step 2 (optimizer step 5)" in message
+    assert "loss=nan" in message
+    backup = os.path.join(run_dir, "backup", "state.npz")
+    # The last backup before step 5: step 4 = epoch 2, step 1.
+    assert f"last good checkpoint: {backup} (epoch 2, step 1" in message
+    assert os.path.join(run_dir, "best.weights.h5") in message
+    arrays, meta = resume.load_state(backup)
+    assert meta["iterations"] == 4
+    assert all(np.isfinite(a).all() for a in arrays.values()
+               if a.dtype.kind == "f")
+    assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_at_its_step(tmp_path):
+    message, run_dir = _nan_run(tmp_path, "gradient", at_step=7)
+    assert ("non-finite weights or optimizer slots after the update (a "
+            "NaN/Inf gradient) at epoch 3 step 1 (optimizer step 7)"
+            ) in message
+    # Epoch 2 ended at step 6: its end-of-epoch backup is the last good one.
+    assert "(epoch 2, end" in message
+    arrays, meta = resume.load_state(
+        os.path.join(run_dir, "backup", "state.npz"))
+    assert (meta["epoch"], meta["step"], meta["iterations"]) == (2, 0, 6)

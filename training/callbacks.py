@@ -33,8 +33,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
         backup: the run's `training.resume.ResumableBackup` (named as the
             last good checkpoint), or None.
         best_path: the best-mAP weights file, named when it exists.
-        check_weights: also check every trainable weight after each step
-            (one fused reduction; catches a NaN gradient at its step).
+        check_weights: also check every trainable weight and optimizer
+            slot (momentum, accumulated gradient, EMA) after each step (one
+            fused reduction; catches a NaN gradient at its step).
     """
 
     def __init__(self, backup=None, best_path=None, check_weights=True):
@@ -47,7 +48,11 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.check_weights:
-            variables = list(self.model.trainable_variables)
+            # The optimizer's slots too: an accumulated gradient reaches
+            # the weights only at the next optimizer step.
+            variables = list(self.model.trainable_variables) + [
+                v for v in self.model.optimizer.variables
+                if "float" in str(v.dtype)]
 
             @tf.function
             def all_finite():
@@ -72,8 +77,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self.model.stop_training = True
         step = int(self.model.optimizer.iterations.numpy())
         what = (f"non-finite {', '.join(bad)}" if bad
-                else "non-finite weights after the update (a NaN/Inf "
-                "gradient)")
+                else "non-finite weights or optimizer slots after the "
+                "update (a NaN/Inf gradient)")
         terms = ", ".join(f"{k}={v:.6g}" for k, v in scalars.items())
         raise NonFiniteError(
             f"training stopped: {what} at epoch {self._epoch + 1} step "
