@@ -270,8 +270,12 @@ class YoloV5Loss(keras.losses.Loss):
         count = tf.reduce_sum(tf.cast(valid, tf.float32))
         safe_count = tf.maximum(count, 1.0)
         rows = tf.reshape(preds, [-1, channels])  # (B H W A, 5 + C)
-        obj_logits, picked = _objectness_and_rows(rows, t["cell"])
-        if not compact:
+        if compact:
+            obj_logits, picked = _objectness_and_rows(rows, t["cell"])
+        else:
+            # XLA fuses the gradient of a slice and a gather itself, faster
+            # than the explicit in-place scatter.
+            obj_logits, picked = rows[:, 4], tf.gather(rows, t["cell"])
             # Double where: masked slots read a harmless zero prediction, so
             # no NaN reaches their (discarded) forward or backward values.
             picked = tf.where(valid[:, None], picked, 0.0)
