@@ -12,7 +12,7 @@ ultralytics' yolov5 v6.0 layout at a fraction of its depth and width:
   reshaped to `(B, H, W, A, 5 + C)`, levels in ascending stride
   (8, 16, 32), as `YoloV5Loss` and `YoloV5Decode` read them. Biases start at
   ultralytics' `_initialize_biases` priors (8 objects per image, class
-  probability 0.6 / (C - 0.99)), for the input size actually used.
+  probability 0.6 / (C - 0.99999)), for the input size actually used.
 """
 
 import math
@@ -104,6 +104,6 @@ def small_v5(num_classes=3, input_size=128, num_anchors=3,
         bias = np.zeros((num_anchors, 5 + num_classes), np.float32)
         cells = (input_size / stride) ** 2
         bias[:, 4] = math.log(PRIOR_OBJECTS_PER_IMAGE / cells)
-        bias[:, 5:] = math.log(PRIOR_CLASS_PROB / (num_classes - 0.99))
+        bias[:, 5:] = math.log(PRIOR_CLASS_PROB / (num_classes - 0.99999))
         model.get_layer(f"head{i}_conv").bias.assign(bias.reshape(-1))
     return model

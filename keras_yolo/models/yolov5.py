@@ -25,7 +25,7 @@ STRIDES = (8, 16, 32)
 # (depth_multiple, width_multiple) of models/yolov5{n,s,m,l,x}.yaml.
 YOLOV5_MULTIPLES = {"n": (0.33, 0.25), "s": (0.33, 0.50), "m": (0.67, 0.75), "l": (1.0, 1.0), "x": (1.33, 1.25)}
 CHANNEL_DIVISOR = 8
-# _initialize_biases: 8 objects per 640 x 640 image, class probability 0.6 / (nc - 0.99).
+# _initialize_biases: 8 objects per 640 x 640 image, class probability 0.6 / (nc - 0.99999).
 _PRIOR_OBJECTS_PER_IMAGE, _PRIOR_IMAGE_SIZE, _PRIOR_CLASS_PROB = 8.0, 640.0, 0.6
 
 
@@ -83,10 +83,10 @@ def yolov5(num_classes=80, input_shape=(640, 640, 3), depth_multiple=0.33, width
 
 
 def _initialize_biases(model, num_classes):
-    """Objectness bias log(8 / (640 / s)²), class bias log(0.6 / (C - 0.99)) (ultralytics Detect)."""
+    """Objectness bias log(8 / (640 / s)²), class bias log(0.6 / (C - 0.99999)) (ultralytics Detect)."""
     for i, stride in enumerate(STRIDES):
         conv = model.get_layer(f"m24_m{i}_conv")
         bias = np.zeros((NUM_ANCHORS, 5 + num_classes), "float32")
         bias[:, 4] = math.log(_PRIOR_OBJECTS_PER_IMAGE / (_PRIOR_IMAGE_SIZE / stride) ** 2)
-        bias[:, 5:] = math.log(_PRIOR_CLASS_PROB / (num_classes - 0.99))
+        bias[:, 5:] = math.log(_PRIOR_CLASS_PROB / (num_classes - 0.99999))
         conv.bias.assign(bias.reshape(-1))
