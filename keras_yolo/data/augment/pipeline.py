@@ -11,7 +11,8 @@ Per output image, as `LoadImagesAndLabels.__getitem__` with `augment=True`:
 4. with probability `mixup` (mosaic outputs only): MixUp with another output;
    with probability `cutmix`: CutMix with another output (YOLOv4's freebie);
 5. HSV jitter (`hsv_h`, `hsv_s`, `hsv_v`), up-down flip (`flipud`),
-   left-right flip (`fliplr`).
+   left-right flip (`fliplr`) (HSV is applied last, on the whole pool: per
+   pixel, it commutes with the flips).
 
 The "three others" come from a pool: `pool_size` consecutive input images are
 padded into one batch, and each of its outputs draws its companions (without
@@ -194,18 +195,16 @@ class _PoolAugmenter:
                 lambda: mix.cutmix(image, box, label, images[j], boxes[j],
                                    labels[j], rect),
                 lambda: (image,) + _pad_rows(box, label, total))
-        if not all(_is_zero(hyp[name]) for name in ("hsv_h", "hsv_s", "hsv_v")):
-            gains = color.hsv_gains(
-                tf.stack([draws[_HUE], draws[_SAT], draws[_VAL]]),
-                hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
-            image = color.adjust_hsv(image, gains)
+        gains = color.hsv_gains(
+            tf.stack([draws[_HUE], draws[_SAT], draws[_VAL]]),
+            hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
         image, box = tf.cond(
             draws[_FLIPUD] < tf.cast(hyp["flipud"], tf.float32),
             lambda: geometry.flip_up_down(image, box), lambda: (image, box))
         image, box = tf.cond(
             draws[_FLIPLR] < tf.cast(hyp["fliplr"], tf.float32),
             lambda: geometry.flip_left_right(image, box), lambda: (image, box))
-        return image, box, label
+        return image, box, label, gains
 
     def __call__(self, pool):
         count = tf.shape(pool["key"])[0]
@@ -216,8 +215,15 @@ class _PoolAugmenter:
         base = tf.map_fn(lambda k: self.base(pool, k), tf.range(count),
                          fn_output_signature=spec)
         base = base + (pool["key"],)
-        return tf.map_fn(lambda k: self.finish(base, k), tf.range(count),
-                         fn_output_signature=spec[:3])
+        images, boxes, labels, gains = tf.map_fn(
+            lambda k: self.finish(base, k), tf.range(count),
+            fn_output_signature=spec[:3] + (tf.TensorSpec([3], tf.float32),))
+        # HSV is per pixel, so it commutes with the flips; batched, its fused
+        # kernels run several times faster than inside the loop.
+        if not all(_is_zero(self.hyp[name])
+                   for name in ("hsv_h", "hsv_s", "hsv_v")):
+            images = color.adjust_hsv(images, gains[:, None, None, :])
+        return images, boxes, labels
 
 
 def _strip_padding(image, boxes, labels):
