@@ -64,7 +64,8 @@ def test_yolo_reader_names_file_line_and_field(tmp_path):
     data.write_yolo(tmp_path, images, gt, data.CLASS_NAMES[:3])
     with open(tmp_path / "labels" / "000000.txt", "a") as f:
         f.write("1 0.5 0.5 1.7 0.1\n")
-    with pytest.raises(GroundTruthError, match=r"000000.txt:\d+: field 'w' = 1.7"):
+    with pytest.raises(GroundTruthError, match=r"000000.txt:\d+: box xyxy "
+                       r"\[-22.4, 28.8, 86.4, 35.2\] lies outside the 64x64 image"):
         data.read_yolo(str(tmp_path), max_boxes=20)
 
 

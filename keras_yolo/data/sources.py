@@ -423,8 +423,10 @@ def _resolve_listed(root, entry, image_dir, list_file):
 
 
 def read_yolo_folder(directory, split="train", class_names=None,
-                     on_error="raise"):
-    """A YOLO txt folder: `images/[<split>/]`, `labels/[<split>/]`."""
+                     on_error="raise", num_classes=None):
+    """A YOLO txt folder: `images/[<split>/]`, `labels/[<split>/]`; without
+    class names (`class_names`, a names file), `num_classes` numbers them
+    (else the largest id found does)."""
     problems = _Problems(on_error, directory)
     image_dir = os.path.join(directory, "images")
     if os.path.isdir(os.path.join(image_dir, split)):
@@ -440,7 +442,8 @@ def read_yolo_folder(directory, split="train", class_names=None,
         paths = list_images(image_dir)
     names = class_names or _read_names_file(directory)
     if names is None:
-        names = _numbered_names(paths)
+        names = [str(i) for i in range(num_classes)] if num_classes \
+            else _numbered_names(paths)
     return _read_yolo_images(paths, names, directory, "yolo", problems)
 
 
