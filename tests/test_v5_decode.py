@@ -142,3 +142,14 @@ def test_bad_arguments_are_named():
         YoloV5Decode(bounding_box_format="cxcy")
     with pytest.raises(ValueError, match="levels"):
         YoloV5Decode()(_raw((64, 64))[:2])
+
+
+def test_num_classes_checks_the_channel_count():
+    raw = _raw((64, 64), num_classes=3)
+    out = YoloV5Decode(num_classes=3)(raw)
+    assert out["class_probs"].shape[-1] == 3
+    with pytest.raises(ValueError, match="level 0 has 8 channels.*5 \\+ "
+                       "num_classes = 10"):
+        YoloV5Decode(num_classes=5)(raw)
+    config = YoloV5Decode(num_classes=3).get_config()
+    assert YoloV5Decode.from_config(config).num_classes == 3

@@ -30,6 +30,9 @@ class YoloV5Decode(keras.layers.Layer):
         strides: stride of each level, ascending (default `(8, 16, 32)`).
         bounding_box_format: format of the returned boxes; relative formats
             are fractions of the input image, `(H_l * s_l, W_l * s_l)`.
+        num_classes: optional C; when given, inputs with other than
+            `5 + C` channels are refused with an error naming the level
+            (otherwise C is read from the input).
 
     Input: the list of level outputs `(B, H_l, W_l, A, 5 + C)` (any float
     dtype, any input size; one tensor is accepted for a single level).
@@ -46,8 +49,11 @@ class YoloV5Decode(keras.layers.Layer):
     """
 
     def __init__(self, anchors=YOLOV5_ANCHORS, strides=STRIDES,
-                 bounding_box_format="center_xywh", **kwargs):
+                 bounding_box_format="center_xywh", num_classes=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        if num_classes is not None and int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
         anchors = np.asarray(anchors, np.float32)
         if anchors.ndim != 3 or anchors.shape[-1] != 2:
             raise ValueError(
@@ -63,6 +69,7 @@ class YoloV5Decode(keras.layers.Layer):
         self.anchors = anchors.tolist()
         self.strides = tuple(int(s) for s in strides)
         self.bounding_box_format = bounding_box_format
+        self.num_classes = None if num_classes is None else int(num_classes)
 
     def _decode_level(self, raw, level):
         raw = tf.cast(raw, tf.float32)
@@ -70,6 +77,11 @@ class YoloV5Decode(keras.layers.Layer):
         dynamic = tf.shape(raw)
         height = dynamic[1] if height is None else height
         width = dynamic[2] if width is None else width
+        if (self.num_classes is not None
+                and channels != 5 + self.num_classes):
+            raise ValueError(
+                f"level {level} has {channels} channels per anchor; "
+                f"expected 5 + num_classes = {5 + self.num_classes}.")
         stride = float(self.strides[level])
         anchors = tf.constant(self.anchors[level], tf.float32)
         if anchors.shape[0] != num_anchors:
@@ -128,5 +140,6 @@ class YoloV5Decode(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(anchors=self.anchors, strides=self.strides,
-                      bounding_box_format=self.bounding_box_format)
+                      bounding_box_format=self.bounding_box_format,
+                      num_classes=self.num_classes)
         return config
