@@ -203,6 +203,21 @@ def test_unreadable_image_is_named(yolo_dir):
         data.read(str(yolo_dir))
 
 
+def test_images_tf_cannot_decode_are_named_never_dropped_silently(
+        yolo_dir, caplog):
+    Image.open(yolo_dir / "images" / "im1.png").convert("1").save(
+        yolo_dir / "images" / "im1.png", format="BMP")  # 1-bit, misnamed
+    with pytest.raises(DataError, match=r"im1.png: 1-bit BMP"):
+        data.read(str(yolo_dir))
+    os.remove(yolo_dir / "images" / "im1.png")
+    Image.new("RGB", (8, 8)).save(yolo_dir / "images" / "scan.tif")
+    with caplog.at_level(logging.WARNING, logger="keras_yolo"):
+        records = data.read(str(yolo_dir))
+    assert len(records) == 2
+    assert "left out 1 image files tf.io cannot decode" in caplog.text
+    assert "scan.tif" in caplog.text
+
+
 def test_a_misnamed_labels_folder_is_an_error_not_background(yolo_dir,
                                                               caplog):
     os.remove(yolo_dir / "labels" / "im2.txt")

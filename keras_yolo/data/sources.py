@@ -50,9 +50,12 @@ from keras_yolo.data.groundtruth import GroundTruthError, pad, validate
 
 _logger = logging.getLogger("keras_yolo")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Image files tf.io.decode_image cannot read: listed, never silently skipped.
+UNDECODABLE_SUFFIXES = (".tif", ".tiff", ".heic", ".heif", ".dng", ".mpo",
+                        ".pfm", ".jp2")
 # Formats tf.io.decode_image reads (GIF: its first frame).
-DECODABLE = ("JPEG", "PNG", "BMP", "GIF")
+DECODABLE = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
 FORMATS = ("yaml", "yolo", "coco", "voc")
 ON_ERROR = ("raise", "skip")
 # Box corners this many pixels outside the image are clipped (rounding of
@@ -130,13 +133,17 @@ def _scan_image(path):
     """`(height, width, None)` of a decodable image, or `(0, 0, reason)`."""
     try:
         with Image.open(path) as image:
-            kind, (width, height) = image.format, image.size
+            kind, (width, height), mode = image.format, image.size, \
+                image.mode
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1) \
                 if kind == "JPEG" else 1
             if kind == "PNG":
                 image.verify()  # chunk CRCs up to IEND: catches truncation
         if kind not in DECODABLE:
-            return 0, 0, f"format {kind} is not JPEG, PNG, BMP or GIF", 1
+            return 0, 0, (f"format {kind} is not one tf.io.decode_image "
+                          f"reads ({', '.join(DECODABLE)})"), 1
+        if kind == "BMP" and mode == "1":
+            return 0, 0, "1-bit BMP (tf.io.decode_image reads 8/24/32)", 1
         if kind == "JPEG":
             with open(path, "rb") as f:
                 f.seek(max(os.path.getsize(path) - 64, 0))
@@ -168,11 +175,18 @@ def scan_images(paths, threads=8):
 
 
 def list_images(directory):
-    """Image files under `directory` (recursively), sorted."""
-    found = []
+    """Image files under `directory` (recursively), sorted; logs a count of
+    image files in formats `tf.io` cannot decode (left out)."""
+    found, other = [], []
     for root, _, names in os.walk(directory, followlinks=True):
         found += [os.path.join(root, n) for n in names
                   if n.lower().endswith(IMAGE_SUFFIXES)]
+        other += [os.path.join(root, n) for n in names
+                  if n.lower().endswith(UNDECODABLE_SUFFIXES)]
+    if other:
+        _logger.warning("%s: left out %d image files tf.io cannot decode "
+                        "(e.g. %s); convert them to JPEG or PNG.", directory,
+                        len(other), sorted(other)[0])
     return sorted(found)
 
 
