@@ -22,7 +22,10 @@ open; this module does exactly what it does:
   `(x / S, y / S, w, h)` (darknet's `box_rmse` fallback); ties again go to
   the lowest `j`.
 * Class ids `>= num_classes` keep the object but give an all-zero class
-  target (darknet: `if (id < classes) truth[index + id] = 1;`).
+  target (darknet: `if (id < classes) truth[index + id] = 1;`);
+  `YoloV1Loss` never passes them: `keras_yolo.assign.groundtruth.sanitize`
+  masks such rows first.
+* B and M may be unknown until run time (`tf.shape`); S is static.
 
 All functions are vectorised over images, objects and cells (masks, one-hot
 matrices, no Python loop over boxes) and compile with XLA.

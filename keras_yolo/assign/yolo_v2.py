@@ -10,7 +10,10 @@ When two truths fall on the same cell and anchor the later row wins, as in
 darknet's `forward_region_layer` (it writes the deltas truth after truth).
 
 Everything is vectorized over images and truths (a `(B, M, M)` comparison and
-one `scatter_nd`), static-shaped and XLA-compilable.
+one `scatter_nd`) and XLA-compilable. The batch size, the number of truths M
+and the grid size may be unknown when the step is traced (a `padded_batch`
+pipeline, Keras' relaxed retracing): static sizes are used when known, and
+`tf.shape` otherwise.
 """
 
 import tensorflow as tf
@@ -30,7 +33,8 @@ def truths_in_cells(boxes, labels, bounding_box_format, grid_shape, stride,
         labels: `(B, M)` int, `-1` for padding.
         bounding_box_format: format of `boxes`; pixel formats are relative to
             an image of `grid_shape * stride` pixels.
-        grid_shape: `(H, W)` of the output grid (Python ints).
+        grid_shape: `(H, W)` of the output grid (Python ints, or scalar
+            int32 tensors when the grid is only known at run time).
         stride: input pixels per grid cell.
         darknet_truth_list: reproduce how darknet reads its truth list: a row
             whose centre x is exactly 0 ends the list, and only the first 30
@@ -53,10 +57,10 @@ def truths_in_cells(boxes, labels, bounding_box_format, grid_shape, stride,
                                                 axis=1), tf.bool)
         rank = tf.cumsum(tf.cast(valid, tf.int32), axis=1)
         valid = valid & (rank <= DARKNET_MAX_TRUTHS)
-    cell_x = tf.clip_by_value(tf.cast(tf.floor(rel[..., 0] * width), tf.int32),
-                              0, width - 1)
-    cell_y = tf.clip_by_value(tf.cast(tf.floor(rel[..., 1] * height), tf.int32),
-                              0, height - 1)
+    grid_x, grid_y = (rel[..., 0] * tf.cast(width, tf.float32),
+                      rel[..., 1] * tf.cast(height, tf.float32))
+    cell_x = tf.clip_by_value(tf.cast(tf.floor(grid_x), tf.int32), 0, width - 1)
+    cell_y = tf.clip_by_value(tf.cast(tf.floor(grid_y), tf.int32), 0, height - 1)
     return {"rel": rel, "valid": valid, "cell_x": cell_x, "cell_y": cell_y}
 
 
@@ -102,6 +106,8 @@ def scatter_to_grid(values, valid, cell_y, cell_x, anchor, grid_shape,
     height, width = grid_shape
     batch = tf.shape(values)[0]
     num_truths = values.shape[1]
+    if num_truths is None:  # M known only at run time (padded_batch)
+        num_truths = tf.shape(values)[1]
     slots = height * width * num_anchors
     slot = (cell_y * width + cell_x) * num_anchors + anchor
     # A row is overwritten when a later valid row targets the same slot.
@@ -134,7 +140,7 @@ def assign(boxes, labels, anchors, grid_shape, stride,
         boxes: `(B, M, 4)` truth boxes in `bounding_box_format`.
         labels: `(B, M)` int, `-1` for padding.
         anchors: `(A, 2)` anchor `(w, h)` in grid cells.
-        grid_shape: `(H, W)` Python ints.
+        grid_shape: `(H, W)` Python ints (or int32 scalars when dynamic).
         stride: input pixels per cell.
         bias_match: choose the anchor by anchor shape (True) or by the
             predicted box shape in the truth's cell (False, needs
@@ -159,7 +165,7 @@ def assign(boxes, labels, anchors, grid_shape, stride,
                             stride, darknet_truth_list)
     rel, valid = truth["rel"], truth["valid"]
     cell_y, cell_x = truth["cell_y"], truth["cell_x"]
-    grid_scale = tf.constant([width, height], tf.float32)
+    grid_scale = tf.cast(tf.stack([width, height]), tf.float32)
     truth_wh = rel[..., 2:] * grid_scale  # grid cells
     if bias_match:
         anchor = best_anchor(truth_wh, anchors)

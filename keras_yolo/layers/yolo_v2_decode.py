@@ -8,6 +8,12 @@ from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
 from keras_yolo.layers.flatten import flatten_cells
 
+# Bound on t_w, t_h before exp: e^20 ≈ 4.9e8 anchors is far beyond any image,
+# yet a box's squared pixel area stays well inside float32, so IoUs, NMS and
+# the losses' IoU targets never see inf (darknet's exp overflows at t ≈ 88,
+# and inf * 0 areas give NaN well before). Trained heads stay within |t| < 10.
+MAX_LOG_SCALE = 20.0
+
 
 def check_v2_anchors(anchors, strides):
     """`(1, A, 2)` pixel anchors and `strides=(s,)` -> `(A, 2)` list, stride."""
@@ -30,6 +36,13 @@ def check_v2_anchors(anchors, strides):
     return array[0].tolist(), strides[0]
 
 
+def anchor_sizes(t_wh, anchors_cells):
+    """`p e^t` for raw `(..., A, 2)` `t_w, t_h` and `(A, 2)` anchors, with
+    `t` clipped to `±MAX_LOG_SCALE` so that every size is finite and > 0."""
+    t_wh = tf.clip_by_value(t_wh, -MAX_LOG_SCALE, MAX_LOG_SCALE)
+    return tf.exp(t_wh) * tf.cast(anchors_cells, t_wh.dtype)
+
+
 def decode_v2(raw, anchors_cells):
     """Decodes one `(B, H, W, A, 5 + C)` float32 raw output (seed notation).
 
@@ -37,7 +50,10 @@ def decode_v2(raw, anchors_cells):
         w = p_w e^{t_w} / W,             h = p_h e^{t_h} / H
         C = logistic(t_o),               p(c_k) = softmax(c)_k
 
-    with `p_w, p_h` the anchor in grid cells (darknet's `get_region_box`).
+    with `p_w, p_h` the anchor in grid cells (darknet's `get_region_box`),
+    and `t_w, t_h` clipped to `±MAX_LOG_SCALE` first, so that huge raw
+    outputs give huge but finite boxes (darknet's would be inf or NaN).
+    The grid size is read at run time (`tf.shape`).
 
     Returns:
         `(B, H, W, A, 4)` rel_center_xywh boxes, `(B, H, W, A)` objectness,
@@ -51,9 +67,9 @@ def decode_v2(raw, anchors_cells):
     offset = tf.sigmoid(raw[..., 0:2])
     x = (cols + offset[..., 0]) / width
     y = (rows + offset[..., 1]) / height
-    w = tf.exp(raw[..., 2]) * anchors_cells[:, 0] / width
-    h = tf.exp(raw[..., 3]) * anchors_cells[:, 1] / height
-    boxes = tf.stack([x, y, w, h], axis=-1)
+    size = anchor_sizes(raw[..., 2:4], anchors_cells)
+    boxes = tf.stack([x, y, size[..., 0] / width, size[..., 1] / height],
+                     axis=-1)
     return boxes, tf.sigmoid(raw[..., 4]), tf.nn.softmax(raw[..., 5:], axis=-1)
 
 
@@ -73,7 +89,11 @@ class YoloV2Decode(keras.layers.Layer):
         bounding_box_format: format of the output boxes (pixel formats are in
             pixels of that input image).
 
-    Input: raw `(B, H, W, A, 5 + C)` (any float dtype, computed in float32).
+    `t_w, t_h` are clipped to `±MAX_LOG_SCALE` (20) before `exp`, so every
+    box is finite whatever the raw output (darknet overflows at 88).
+
+    Input: raw `(B, H, W, A, 5 + C)` (any float dtype, computed in float32);
+    the batch size and the grid size may be unknown until run time.
     Output: `{"boxes": (B, N, 4), "objectness": (B, N), "class_probs": (B, N, C)}`,
     `N = H W A`, ordered by row, column, anchor.
 

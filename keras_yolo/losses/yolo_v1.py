@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
+from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v1 as assign
 from keras_yolo.layers.yolo_v1_decode import (
     _check_format, _check_positive_int, parametrize, split_raw)
@@ -82,8 +83,18 @@ class YoloV1Loss(keras.losses.Loss):
     Call:
         `y_true = {"boxes": (B, M, 4), "labels": (B, M)}` padded with label
         -1; `y_pred` the raw `(B, S, S, Bx*5 + C)` output, any float dtype.
+        B and M may be unknown when the step is traced (`padded_batch`).
         Returns a float32 scalar; `components()` gives `"box"`, `"obj"`,
-        `"noobj"`, `"cls"`, which sum to it.
+        `"noobj"`, `"cls"`, which sum to it. Ground truth goes through
+        `keras_yolo.assign.groundtruth.sanitize`: an invalid row (label
+        `>= num_classes`, NaN coordinate, size `<= 0`, box outside the image)
+        raises `GroundTruthError` eagerly and is masked out (as padding)
+        inside a compiled step.
+
+    Finiteness: the logistic parametrisation is bounded. The linear one
+    (darknet's) is a plain squared error of raw values: finite for any
+    finite float32 input up to ~1e18 (darknet's own limit), with gradients
+    proportional to the raw values.
 
     Example:
         >>> loss = YoloV1Loss(num_classes=20, grid_size=7, boxes_per_cell=2)
@@ -145,6 +156,10 @@ class YoloV1Loss(keras.losses.Loss):
     def _per_image_terms(self, y_true, y_pred):
         s, n, c = self.grid_size, self.boxes_per_cell, self.num_classes
         y_pred = tf.convert_to_tensor(y_pred)
+        if y_pred.shape.rank == 4 and None in y_pred.shape[1:]:
+            # Sizes unknown at trace time: S and the depth come from the
+            # constructor, so check them at run time instead.
+            y_pred = tf.ensure_shape(y_pred, [None, s, s, n * 5 + c])
         if y_pred.shape.rank != 4 or tuple(y_pred.shape[1:]) != (s, s, n * 5 + c):
             raise ValueError(
                 f"YoloV1Loss(grid_size={s}, boxes_per_cell={n}, num_classes="
@@ -157,10 +172,12 @@ class YoloV1Loss(keras.losses.Loss):
         softmax = opts["softmax"] if compat else None
         pred = parametrize(y_pred, n, c, self.parametrization, sqrt, softmax)
 
+        boxes, labels = groundtruth.sanitize(
+            y_true, c, self.bounding_box_format, self.image_shape)
         truth_boxes = box_ops.convert(
-            tf.cast(y_true["boxes"], tf.float32), self.bounding_box_format,
+            tf.cast(boxes, tf.float32), self.bounding_box_format,
             "rel_center_xywh", self.image_shape)
-        target = assign.cell_targets(truth_boxes, y_true["labels"], s, c)
+        target = assign.cell_targets(truth_boxes, labels, s, c)
         obj_cell = target["object_mask"]                          # (B, S, S)
         t_box = target["boxes"]                                   # (B, S, S, 4)
 
@@ -172,7 +189,7 @@ class YoloV1Loss(keras.losses.Loss):
         iou = tf.stop_gradient(iou)
 
         use_sqrt = sqrt is not False
-        # A negative truth size is invalid input; clamp so it cannot be NaN.
+        # Empty cells hold size 0; real rows are > 0 after sanitize.
         t_size = (tf.sqrt(tf.maximum(t_box[..., 2:], 0.0)) if use_sqrt
                   else t_box[..., 2:])
         coord_err = (

@@ -6,8 +6,10 @@ import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
+from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v2 as assign_v2
-from keras_yolo.layers.yolo_v2_decode import check_v2_anchors, decode_v2
+from keras_yolo.layers.yolo_v2_decode import (
+    anchor_sizes, check_v2_anchors, decode_v2)
 
 # darknet region_layer.c: while fewer than 12800 images have been seen, every
 # predicted box is pulled towards its anchor centred in its cell, with a
@@ -17,6 +19,11 @@ DARKNET_PRIOR_SCALE = 0.01
 # Smallest truth size (grid cells) whose log is taken: a zero-size truth
 # (which darknet's loader never produces) gives a finite loss, not log 0.
 MIN_TRUTH_CELLS = 1e-6
+# The seed's size error (w - p e^t)² is exact while the predicted size is at
+# most this many grid cells (or twice its truth); beyond, it continues along
+# its tangent, so loss and gradient stay finite for any t (the formula itself
+# reaches inf at t ≈ 44 in its gradient, 88 in its value).
+MAX_PREDICTED_CELLS = 64.0
 
 
 def _single_level(y_pred):
@@ -26,6 +33,18 @@ def _single_level(y_pred):
                 f"YoloV2Loss takes one level; got a list of {len(y_pred)}.")
         y_pred = y_pred[0]
     return tf.cast(y_pred, tf.float32)
+
+
+def _size_error(t, truth, anchor):
+    """`(truth - anchor e^t)²`, continued linearly (C¹) beyond the size
+    `max(MAX_PREDICTED_CELLS, 2 truth)`, where its slope is positive: a huge
+    `t` is pulled down with a bounded gradient instead of an overflowing one."""
+    limit = tf.math.log(tf.maximum(MAX_PREDICTED_CELLS, 2.0 * truth) / anchor)
+    t_in = tf.minimum(t, limit)
+    predicted = anchor * tf.exp(t_in)
+    error = truth - predicted
+    slope = -2.0 * error * predicted  # d/dt of the square at t_in
+    return tf.square(error) + tf.stop_gradient(slope) * (t - t_in)
 
 
 def _masked_sum(mask, values):
@@ -217,18 +236,15 @@ class YoloV2Loss(keras.losses.Loss):
                 variable's current value (not advanced here).
         """
         raw = _single_level(y_pred)
-        grid_shape = self._check_shapes(raw)
-        labels = tf.convert_to_tensor(y_true["labels"])
-        if labels.dtype.is_floating:
-            labels = tf.cast(tf.round(labels), tf.int32)
-        labels = tf.cast(labels, tf.int32)
-        tf.debugging.assert_less(
-            labels, self.num_classes,
-            message=f"y_true['labels'] must be < num_classes={self.num_classes}")
+        raw, grid_shape = self._check_shapes(raw)
+        stride = self.strides[0]
+        boxes, labels = groundtruth.sanitize(
+            y_true, self.num_classes, self.bounding_box_format,
+            image_shape=(grid_shape[0] * stride, grid_shape[1] * stride))
         pred_rel, objectness, class_probs = decode_v2(raw, self._anchors_cells)
-        predicted_wh = tf.exp(raw[..., 2:4]) * self._anchors_cells
+        predicted_wh = anchor_sizes(raw[..., 2:4], self._anchors_cells)
         targets = assign_v2.assign(
-            y_true["boxes"], labels, self._anchors_cells, grid_shape,
+            boxes, labels, self._anchors_cells, grid_shape,
             self.strides[0], self.bounding_box_format,
             bias_match=self.bias_match or not self.darknet_compat,
             predicted_wh=tf.stop_gradient(predicted_wh),
@@ -242,7 +258,7 @@ class YoloV2Loss(keras.losses.Loss):
     # -- the two objectives ----------------------------------------------------
     def _truth_in_cells(self, truth, grid_shape):
         """Truth centre offsets in its cell and size in grid cells."""
-        height, width = grid_shape
+        height, width = (tf.cast(n, tf.float32) for n in grid_shape)
         cols = tf.range(width, dtype=tf.float32)[None, None, :, None]
         rows = tf.range(height, dtype=tf.float32)[None, :, None, None]
         offset_x = truth[..., 0] * width - cols
@@ -254,14 +270,14 @@ class YoloV2Loss(keras.losses.Loss):
         resp = targets["responsible"]
         truth = targets["truth"]
         x, y, w, h = self._truth_in_cells(truth, grid_shape)
-        # e^{t_w} only where a truth is assigned: no overflow elsewhere.
+        # t_w, t_h only where a truth is assigned: no overflow elsewhere.
         t_wh = tf.where(resp[..., None] > 0, raw[..., 2:4], 0.0)
-        pred_wh = tf.exp(t_wh) * self._anchors_cells
+        anchors = tf.constant(self._anchors_cells)
         offset = tf.sigmoid(raw[..., 0:2])
         weight = 2.0 - truth[..., 2] * truth[..., 3]
         squared = (tf.square(x - offset[..., 0]) + tf.square(y - offset[..., 1])
-                   + tf.square(w - pred_wh[..., 0])
-                   + tf.square(h - pred_wh[..., 1]))
+                   + _size_error(t_wh[..., 0], w, anchors[:, 0])
+                   + _size_error(t_wh[..., 1], h, anchors[:, 1]))
         iou = tf.stop_gradient(assign_v2.center_iou(pred_rel, truth))
         noobj_mask = 1.0 - resp
         if self.ignore_thresh is not None:
@@ -325,19 +341,24 @@ class YoloV2Loss(keras.losses.Loss):
         return tf.reshape(best, shape[:-1])
 
     def _check_shapes(self, raw):
+        """`(raw, (H, W))`: the grid as Python ints when static, else as
+        scalar tensors; unknown anchor or channel sizes are checked at run
+        time."""
         if raw.shape.rank != 5:
             raise ValueError(
                 f"y_pred must be (B, H, W, A, 5 + C); got shape {raw.shape}.")
-        height, width, num_anchors, depth = raw.shape[1:]
-        if height is None or width is None:
+        num_anchors, depth = len(self.anchors[0]), 5 + self.num_classes
+        if raw.shape[3] is None or raw.shape[4] is None:
+            raw = tf.ensure_shape(raw, [None, None, None, num_anchors, depth])
+        if raw.shape[3] != num_anchors or raw.shape[4] != depth:
             raise ValueError(
-                f"y_pred needs a static grid size; got shape {raw.shape}.")
-        if num_anchors != len(self.anchors[0]) or depth != 5 + self.num_classes:
-            raise ValueError(
-                f"y_pred must be (B, H, W, {len(self.anchors[0])}, "
-                f"{5 + self.num_classes}) for {len(self.anchors[0])} anchors "
-                f"and num_classes={self.num_classes}; got shape {raw.shape}.")
-        return int(height), int(width)
+                f"y_pred must be (B, H, W, {num_anchors}, {depth}) for "
+                f"{num_anchors} anchors and num_classes={self.num_classes}; "
+                f"got shape {raw.shape}.")
+        dynamic = tf.shape(raw)
+        height = raw.shape[1] if raw.shape[1] is not None else dynamic[1]
+        width = raw.shape[2] if raw.shape[2] is not None else dynamic[2]
+        return raw, (height, width)
 
     def get_config(self):
         config = super().get_config()
