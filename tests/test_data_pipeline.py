@@ -298,6 +298,35 @@ def test_show_data_command_and_train_datasets_from_a_dataset_yaml(
     assert train.element_spec[0].shape == (32, 32, 3)
 
 
+def test_train_augment_flags_reach_the_augment_pipeline(small, tmp_path):
+    import argparse
+
+    import keras_yolo.data.augment  # noqa: F401 - the real one, not a fake
+    from training import cli
+
+    root, _ = small
+    (tmp_path / "hyp.yaml").write_text("lr0: 0.01\nhsv_v: 0.25\n")
+    parser = argparse.ArgumentParser()
+    cli.add_train_parser(parser.add_subparsers())
+    args = parser.parse_args([
+        "train", "--data", str(root / "data.yaml"), "--image-size", "32",
+        "--augment", "--epochs", "5", "--close-mosaic", "2", "--hyp",
+        str(tmp_path / "hyp.yaml"), "mixup=0.2"])
+    options, callbacks = cli._augment_setup(args)
+    hyp = options["hyperparameters"]
+    assert hyp["mixup"] == 0.2 and hyp["hsv_v"] == 0.25 and "lr0" not in hyp
+    assert float(hyp["mosaic"].numpy()) == 1.0
+    assert callbacks[0].epoch == 3 and callbacks[0].variable is hyp["mosaic"]
+    ds, num_classes = cli._dataset(args, "train", options)
+    image, y = next(iter(ds))
+    assert image.shape == (32, 32, 3) and num_classes == 3
+    real = y["labels"].numpy() >= 0
+    assert np.all(y["boxes"].numpy()[real] >= 0) and np.all(
+        y["boxes"].numpy()[real] <= 1)
+    with pytest.raises(SystemExit, match="unknown key 'mosiac'"):
+        cli._hyperparameters(["mosiac=0.5"])
+
+
 @pytest.mark.slow
 def test_train_command_trains_from_a_dataset_yaml(small, tmp_path):
     from training.__main__ import main
@@ -313,3 +342,7 @@ def test_train_command_trains_from_a_dataset_yaml(small, tmp_path):
         config = json.load(f)
     assert config["class_names"] == ["a", "b", "c"]
     assert config["args"]["data"].endswith("data.yaml")
+    # evaluate --run reads the run's own validation split of the YAML.
+    assert main(["evaluate", "--run", str(run)]) == 0
+    with open(run / "evaluate.json") as f:
+        assert json.load(f)["num_images"] == 12

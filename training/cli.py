@@ -23,9 +23,10 @@ import os
 SHAPES_MAX_BOXES = 20
 
 
-def _dataset(args, split):
+def _dataset(args, split, augment_options=None):
     """(unbatched dataset, num_classes) of `--data` for `split`; the
-    dataset's `class_names` lists the classes."""
+    dataset's `class_names` lists the classes. `augment_options`: keywords
+    of `keras_yolo.data.augment.training_pipeline` (with --augment)."""
     from keras_yolo import data
 
     if args.data == "shapes":
@@ -46,8 +47,63 @@ def _dataset(args, split):
         max_boxes=args.max_boxes, images_dir=images_dir,
         format=getattr(args, "format", None),
         on_error=getattr(args, "on_error", "raise"), seed=args.seed,
-        cache=getattr(args, "cache", None), shuffle=training)
+        cache=getattr(args, "cache", None), shuffle=training,
+        augment_options=augment_options)
     return ds, len(ds.class_names)
+
+
+def _hyperparameters(values):
+    """`--hyp` KEY=VALUE pairs or YAML files -> augmentation hyperparameters
+    (a YAML's other keys, e.g. lr0, are left to their own flags)."""
+    import logging
+
+    from keras_yolo.data.augment import DEFAULT_HYPERPARAMETERS
+
+    hyp = {}
+    for value in values or ():
+        if "=" in value:
+            key, _, number = value.partition("=")
+            if key not in DEFAULT_HYPERPARAMETERS:
+                raise SystemExit(f"--hyp {value}: unknown key {key!r}; known: "
+                                 f"{sorted(DEFAULT_HYPERPARAMETERS)}")
+            try:
+                hyp[key] = float(number)
+            except ValueError:
+                raise SystemExit(f"--hyp {value}: {number!r} is not a "
+                                 "number") from None
+            continue
+        import yaml
+
+        with open(value) as f:
+            loaded = yaml.safe_load(f) or {}
+        used = {k: float(v) for k, v in loaded.items()
+                if k in DEFAULT_HYPERPARAMETERS}
+        logging.getLogger("training").info(
+            "--hyp %s: augmentation keys %s (others ignored here: %s)", value,
+            sorted(used), sorted(set(loaded) - set(used)))
+        hyp.update(used)
+    return hyp
+
+
+def _augment_setup(args):
+    """`(augment_options, callbacks)` for `train --augment`: the mosaic
+    probability is a variable that `CloseMosaic` zeroes for the last
+    `--close-mosaic` epochs (ultralytics' close_mosaic)."""
+    if not getattr(args, "augment", False):
+        return None, []
+    import tensorflow as tf
+
+    from keras_yolo.data.augment import DEFAULT_HYPERPARAMETERS, CloseMosaic
+
+    hyp = _hyperparameters(args.hyp)
+    callbacks = []
+    if args.close_mosaic and args.close_mosaic > 0:
+        hyp["mosaic"] = tf.Variable(
+            hyp.get("mosaic", DEFAULT_HYPERPARAMETERS["mosaic"]),
+            trainable=False, dtype=tf.float32, name="mosaic")
+        callbacks.append(CloseMosaic(hyp["mosaic"],
+                                     max(args.epochs - args.close_mosaic, 0)))
+    return {"hyperparameters": hyp}, callbacks
 
 
 def _source_of(args, split):
@@ -103,6 +159,10 @@ def _add_data_arguments(parser):
     parser.add_argument("--augment", action="store_true",
                         help="training augmentations (mosaic, affine, HSV, "
                         "flips, mixup; keras_yolo.data.augment)")
+    parser.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="augmentation hyperparameters with ultralytics' "
+                        "names (hsv_h, degrees, mosaic, mixup, cutmix, ...), "
+                        "or a hyp YAML (its augmentation keys are used)")
     parser.add_argument("--cache", help="'ram' or 'disk:PATH': keep decoded "
                         "images after the first epoch")
     parser.add_argument("--on-error", default="raise",
@@ -121,6 +181,8 @@ def add_train_parser(subparsers):
     parser.add_argument("--model", help="a keras_yolo.models.build name "
                         "(e.g. yolov5s); default the version's small model")
     _add_data_arguments(parser)
+    parser.add_argument("--close-mosaic", type=int, default=10,
+                        help="with --augment: no mosaic in the last N epochs")
     parser.add_argument("--train-json", help="with --data coco: the "
                         "training COCO JSON (or pass it as --data)")
     parser.add_argument("--train-images-dir")
@@ -208,7 +270,8 @@ def run_train(args):
     setup_logging()
     # Before any other TF op: MultiWorkerMirroredStrategy requires it.
     strategy = make_strategy(args.strategy)
-    train_ds, num_classes = _dataset(args, "train")
+    augment_options, augment_callbacks = _augment_setup(args)
+    train_ds, num_classes = _dataset(args, "train", augment_options)
     val_ds, _ = _dataset(args, "val")
     args.num_classes = num_classes
     class_names = list(train_ds.class_names)
@@ -260,7 +323,8 @@ def run_train(args):
                 "autoanchor": anchor_report,
                 "class_names": class_names},
         shuffle=args.data == "shapes",  # load() shuffles file indices
-        overwrite=args.overwrite, deterministic=args.deterministic)
+        overwrite=args.overwrite, deterministic=args.deterministic,
+        extra_callbacks=augment_callbacks)
     with open(os.path.join(result.run_dir, "class_names.json"), "w") as f:
         json.dump(class_names, f)
     save_decode_config(recipe.decode_config, decode_config_path(
@@ -407,7 +471,10 @@ def run_show_data(args):
                    images_dir=args.images_dir, format=args.format,
                    on_error=args.on_error, seed=args.seed, cache=args.cache,
                    shuffle=args.shuffle, num_images=max(args.num_images, 1),
-                   num_classes=args.num_classes)
+                   num_classes=args.num_classes,
+                   augment_options={"hyperparameters":
+                                    _hyperparameters(args.hyp)}
+                   if args.augment else None)
     images, y_true = next(iter(ds.batch(args.num_images)))
     data.plot_batch(images, y_true, ds.class_names, fmt, args.out)
     print(json.dumps({"out": args.out, "images": int(images.shape[0]),
