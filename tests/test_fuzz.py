@@ -37,8 +37,8 @@ SETUPS = {
 }
 
 DECODERS = {
-    "v1": lambda: layers.YoloV1Decode(num_classes=CLASSES, boxes_per_cell=2),
-    "v2": lambda: layers.YoloV2Decode(num_classes=CLASSES),
+    "v1": lambda: layers.YoloV1Decode(num_classes=CLASSES, grid_size=4, boxes_per_cell=2),
+    "v2": lambda: layers.YoloV2Decode(),
     "v3": lambda: layers.YoloV3Decode(num_classes=CLASSES),
     "v4": lambda: layers.YoloV4Decode(num_classes=CLASSES),
     "v5": lambda: layers.YoloV5Decode(num_classes=CLASSES),
