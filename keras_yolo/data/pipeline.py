@@ -7,7 +7,7 @@ memory):
     -> index dataset         [shard by file] [shuffle the indices, seeded]
     -> decode                tf.io.read_file + tf.io.decode_image (JPEG/PNG/
                              BMP/GIF, any size, grayscale -> RGB), parallel
-    -> augment=False: letterbox to (S, S)         [cache]
+    -> augment=False: letterbox to (S, S), uint8  [cache] [shuffle]
        augment=True:  resize the long side to S   [cache] [shuffle]
                       -> keras_yolo.data.augment.training_pipeline
     -> boxes to `bounding_box_format`, padded to `max_boxes` with label -1
@@ -34,6 +34,8 @@ _logger = logging.getLogger("keras_yolo")
 
 # Worst case rows per augmented image: mosaic (4 images) then mixup (x2).
 AUGMENT_BOX_FACTOR = 8
+# Images held to shuffle a cached dataset (uncached: the indices shuffle).
+CACHED_SHUFFLE_BUFFER = 1024
 
 
 def load(source, split="train", image_size=640, augment=False,
@@ -65,7 +67,8 @@ def load(source, split="train", image_size=640, augment=False,
         seed: seeds the shuffle and the augmentations.
         cache: None, `"ram"`, or `"disk:PATH"`: keep decoded, resized images
             after the first epoch (pays when decoding is the bottleneck and
-            the images fit).
+            the images fit). A cached dataset shuffles through a buffer of
+            `CACHED_SHUFFLE_BUFFER` decoded images.
         shuffle: shuffle the order each epoch (seeded by `seed`).
         format: force a source format (`"yaml"`, `"yolo"`, `"coco"`,
             `"voc"`) for a folder holding several.
@@ -94,6 +97,9 @@ def load(source, split="train", image_size=640, augment=False,
         samples, names, records = _shapes_samples(
             split, image_size, num_images, num_classes, seed)
         count, most = num_images, None
+        if shuffle and not cache:  # generated in memory: shuffle samples
+            samples = samples.shuffle(count, seed=seed,
+                                      reshuffle_each_iteration=True)
     else:
         records = sources_lib.read(source, split, format=format,
                                    images_dir=images_dir,
@@ -125,8 +131,9 @@ def load(source, split="train", image_size=640, augment=False,
     elif cache:
         samples = samples.cache(str(cache)[len("disk:"):])
     if cache and shuffle:
-        samples = samples.shuffle(min(count, 4096), seed=seed,
-                                  reshuffle_each_iteration=True)
+        # Shuffles decoded images: a bounded buffer (uint8, S x S or less).
+        samples = samples.shuffle(min(count, CACHED_SHUFFLE_BUFFER),
+                                  seed=seed, reshuffle_each_iteration=True)
     if augment:
         samples = _augment(samples, image_size, seed, augment_options or {})
         if samples.cardinality() == tf.data.UNKNOWN_CARDINALITY:
@@ -180,6 +187,9 @@ def _file_samples(records, shard, shuffle, seed, augment, image_size):
         labels = labels_t[splits_t[i]:splits_t[i + 1]]
         if not augment:
             image, params = letterbox(image, image_size)
+            # uint8 until the last map: a quarter of the memory in caches,
+            # shuffle and prefetch buffers (as ultralytics keeps images).
+            image = tf.cast(tf.round(image * 255.0), tf.uint8)
             return image, {"boxes": letterbox_boxes(boxes, params),
                            "labels": labels}
         image, boxes = _fit_long_side(image, boxes, image_size)
