@@ -102,10 +102,12 @@ def assign_level(boxes, labels, anchor_index, mask, grid_shape, num_classes):
         max_truths = tf.shape(boxes)[1]
     position = _mask_lookup(anchor_index, mask)
     assigned = (labels >= 0) & (position >= 0)
-    col = tf.clip_by_value(tf.cast(tf.floor(boxes[..., 0] * width), tf.int32),
-                           0, width - 1)
-    row = tf.clip_by_value(tf.cast(tf.floor(boxes[..., 1] * height), tf.int32),
-                           0, height - 1)
+    col = tf.cast(tf.floor(boxes[..., 0] * tf.cast(width, tf.float32)),
+                  tf.int32)
+    row = tf.cast(tf.floor(boxes[..., 1] * tf.cast(height, tf.float32)),
+                  tf.int32)
+    col = tf.clip_by_value(col, 0, width - 1)
+    row = tf.clip_by_value(row, 0, height - 1)
     slot = (row * width + col) * num_anchors + tf.maximum(position, 0)
     # A truth is overwritten by any later truth of its image on its slot.
     later = tf.range(max_truths)[None, :] > tf.range(max_truths)[:, None]

@@ -434,7 +434,8 @@ class YoloV4Loss(keras.losses.Loss):
                             tf.float32)
             overlap = box_ops.iou(pred_pairs * scale, truth_pairs * scale,
                                   "center_xywh", variant=self.iou_loss)
-            box = self.lambda_coord * tf.reduce_sum((1.0 - overlap) * maskf)
+            box = self.lambda_coord * tf.reduce_sum(
+                tf.where(mask, 1.0 - overlap, 0.0))
             return box, obj, cls
         box = self._darknet_box(raw, pred, pred_pairs, truth_pairs, indices,
                                 mask, positive, class_target, grid)
