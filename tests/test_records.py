@@ -108,3 +108,41 @@ def test_evaluate_run_keeps_explicit_overrides_and_the_last_batch(
                                "4", "--val-images", "3"]) == 0
     with open(os.path.join(run, "evaluate.json")) as f:
         assert json.load(f)["num_images"] == 3      # one partial batch
+
+
+@pytest.mark.parametrize("version", ["v5", "v2"])
+def test_fit_logs_the_loss_terms_that_sum_to_the_loss(version):
+    import keras
+    import tensorflow as tf
+
+    from keras_yolo import data
+    from training import recipes
+
+    recipe = recipes.make_recipe(version, num_classes=2, image_size=64)
+    model = recipe.build_model()
+    loss = recipe.build_loss()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    batch = next(iter(data.shapes(num_images=4, image_size=64, num_classes=2,
+                                  seed=0).batch(4)))
+    # In a graph, as fit's step (eager kernels round differently, ~1e-3).
+    terms = tf.function(lambda x, y: loss.components(
+        y, model(x, training=True)))
+    expected = {k: float(v) for k, v in terms(*batch).items()}
+
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            seen.append(dict(logs))
+
+    model.fit(batch[0], batch[1], batch_size=4, epochs=1, verbose=0,
+              callbacks=[Record()])
+    logs = seen[0]
+    obj = expected["obj"] + expected.get("noobj", 0.0)
+    assert logs["box"] == pytest.approx(expected["box"], rel=1e-5)
+    assert logs["obj"] == pytest.approx(obj, rel=1e-5)
+    assert logs["cls"] == pytest.approx(expected["cls"], rel=1e-5)
+    # The terms come from the evaluation that gave the loss: exact sum.
+    scale = 4 if getattr(loss, "scale_by_batch_size", False) else 1
+    assert logs["loss"] == pytest.approx(
+        scale * (logs["box"] + logs["obj"] + logs["cls"]), rel=1e-5)

@@ -5,6 +5,9 @@ import tensorflow as tf
 
 from keras_yolo.assign import groundtruth
 
+# Loss terms logged during training (v1/v2's "noobj" counts in "obj").
+LOSS_TERMS = ("box", "obj", "cls")
+
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
 class YoloModel(keras.Model):
@@ -21,7 +24,10 @@ class YoloModel(keras.Model):
     Ground-truth rows that break the policy of `keras_yolo.assign.groundtruth`
     (label out of range, NaN, empty or off-image box) are masked by the loss
     inside a compiled step; their number is reported as the metric
-    `invalid_boxes` (summed over the epoch).
+    `invalid_boxes` (summed over the epoch). A loss with `components`
+    (every YOLO loss) also logs the epoch means of its terms as `box`, `obj`
+    and `cls` (v1/v2's `noobj` counted in `obj`), from the same evaluation
+    that gives the loss.
 
     Example:
         >>> model = YoloModel(inputs, [p3, p4, p5])
@@ -33,6 +39,41 @@ class YoloModel(keras.Model):
         super().__init__(*args, **kwargs)
         self.invalid_boxes_tracker = keras.metrics.Sum(name="invalid_boxes")
 
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        if callable(getattr(self.loss, "components", None)) and not getattr(
+                self, "loss_term_trackers", None):
+            # Epoch means of the loss terms, logged as `box`, `obj`, `cls`.
+            self.loss_term_trackers = [keras.metrics.Mean(name=name)
+                                       for name in LOSS_TERMS]
+
+    def _loss_with_terms(self, y, y_pred):
+        """`self.loss(y, y_pred)`, recording the terms its `components`
+        returns on the way (computed once, state advanced once)."""
+        trackers = getattr(self, "loss_term_trackers", None)
+        if not trackers:
+            return self.loss(y, y_pred)
+        loss, parts = self.loss, {}
+        components = type(loss).components
+
+        def recording(*args, **kwargs):
+            out = components(loss, *args, **kwargs)
+            parts.update(out)
+            return out
+
+        loss.components = recording
+        try:
+            total = loss(y, y_pred)
+        finally:
+            del loss.components
+        if parts:
+            terms = {"box": parts.get("box", 0.0),
+                     "obj": parts.get("obj", 0.0) + parts.get("noobj", 0.0),
+                     "cls": parts.get("cls", 0.0)}
+            for tracker in trackers:
+                tracker.update_state(terms[tracker.name])
+        return total
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
         if self.loss is None or y is None:
@@ -42,7 +83,7 @@ class YoloModel(keras.Model):
         if num_classes is not None and box_format is not None:
             self.invalid_boxes_tracker.update_state(
                 groundtruth.count_invalid(y, num_classes, box_format))
-        total = self.loss(y, y_pred)
+        total = self._loss_with_terms(y, y_pred)
         if self.losses:
             total = total + keras.ops.sum(self.losses)
         return total / tf.distribute.get_strategy().num_replicas_in_sync
