@@ -313,8 +313,9 @@ def test_pipeline_is_deterministic_under_a_seed():
     hyp = {"mixup": 0.5, "cutmix": 0.5, "degrees": 5.0}
 
     def run(seed):
-        ds = augment.training_pipeline(dataset_of(eight_scenes()), 96,
-                                       seed=seed, hyperparameters=hyp)
+        ds = augment.training_pipeline(dataset_of(eight_scenes()[:5]), 96,
+                                       seed=seed, hyperparameters=hyp,
+                                       pool_size=4)
         return [(i.numpy(), t["boxes"].numpy()) for i, t in ds]
 
     first, again, other = run(1), run(1), run(2)
@@ -323,6 +324,20 @@ def test_pipeline_is_deterministic_under_a_seed():
         np.testing.assert_array_equal(b, d)
     assert any(not np.array_equal(a, c) for (a, _), (c, _) in
                zip(first, other))
+
+
+def test_pipeline_passes_background_images_without_boxes():
+    empty = [(np.full((40, 60, 3), 30, np.uint8), np.zeros((0, 4), np.float32),
+              np.zeros((0,), np.int32))] * 3
+    ds = augment.training_pipeline(dataset_of(empty), 64, seed=0,
+                                   hyperparameters={"mixup": 0.5,
+                                                    "cutmix": 0.5})
+    outputs = list(ds)
+    assert len(outputs) == 3
+    for image, target in outputs:
+        assert image.shape == (64, 64, 3)
+        assert target["boxes"].shape == (0, 4)
+        assert target["labels"].shape == (0,)
 
 
 def test_pipeline_rejects_unknown_hyperparameter():

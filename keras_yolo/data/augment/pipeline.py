@@ -84,6 +84,10 @@ def _prepare(key, sample, image_size):
     boxes = tf.reshape(tf.cast(target["boxes"], tf.float32), [-1, 4])
     labels = tf.reshape(tf.cast(target["labels"], tf.int32), [-1])
     resized, boxes = geometry.resize_long_side(image, boxes, image_size)
+    # One padding row: tf.data's unbatch() segfaults (TF 2.21) on a batch
+    # whose boxes have zero rows, e.g. a pool of background images.
+    boxes = tf.concat([boxes, tf.zeros([1, 4])], 0)
+    labels = tf.concat([labels, [-1]], 0)
     return {"image": resized, "size": tf.shape(resized)[:2], "boxes": boxes,
             "labels": labels, "key": key}
 
