@@ -392,6 +392,7 @@ def test_voc_difficult_is_flagged_out_of_targets_and_bad_xml_named(
 # ------------------------------------------------ yolov5 npz state dicts
 
 
+@pytest.mark.parity
 def test_npz_state_dict_with_num_batches_tracked_loads(tmp_path):
     """A torch state dict saved straight to .npz keeps BatchNorm's
     `num_batches_tracked` counters; `load_yolov5` ignores them."""
