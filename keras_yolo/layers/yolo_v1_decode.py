@@ -25,6 +25,11 @@ import tensorflow as tf
 from keras_yolo import boxes as box_ops
 
 PARAMETRIZATIONS = ("logistic", "linear")
+# The linear parametrisation decodes raw values as they are (w = t_w²): the
+# decoder clips t_x, t_y, t_w, t_h to this magnitude first, so every box and
+# its pixel area stay finite (1e4 is thousands of images; darknet's boxes
+# overflow to inf near 1.8e19).
+MAX_LINEAR_COORDINATE = 1e4
 
 
 def sqrt_sigmoid(t):
@@ -129,7 +134,9 @@ class YoloV1Decode(keras.layers.Layer):
         w = σ(t_w),  h = σ(t_h),  C = σ(t_o),  p(c_k) = softmax(c)_k
 
     (image fractions; `parametrization="linear"` gives darknet's
-    `x = (col + t_x) / S`, `w = t_w²`, `C = t_o`, `p = c`). Every box of a
+    `x = (col + t_x) / S`, `w = t_w²`, `C = t_o`, `p = c`, with `t_x, t_y,
+    t_w, t_h` clipped to `±MAX_LINEAR_COORDINATE` so that boxes are always
+    finite). Every box of a
     cell shares the cell's class probabilities; the score of a class is
     `objectness * class_probs` (darknet: `scale * predictions[class]`).
 
@@ -144,7 +151,8 @@ class YoloV1Decode(keras.layers.Layer):
         sqrt: linear only: `t_w, t_h` are square roots (default True).
         softmax: linear only: softmax over class scores (default False).
 
-    Input: `(B, S, S, Bx*5 + C)` raw output, any float dtype.
+    Input: `(B, S, S, Bx*5 + C)` raw output, any float dtype; the batch
+    size may be unknown until run time.
 
     Output: dict of `"boxes"` `(B, S*S*Bx, 4)`, `"objectness"` `(B, S*S*Bx)`,
     `"class_probs"` `(B, S*S*Bx, C)`, float32, ordered cell by cell
@@ -178,10 +186,20 @@ class YoloV1Decode(keras.layers.Layer):
 
     def call(self, raw):
         s, n, c = self.grid_size, self.boxes_per_cell, self.num_classes
+        raw = tf.cast(raw, tf.float32)
+        if raw.shape.rank == 4 and None in raw.shape[1:]:
+            raw = tf.ensure_shape(raw, [None, s, s, n * 5 + c])
         if raw.shape[1] != s or raw.shape[2] != s:
             raise ValueError(
                 f"YoloV1Decode(grid_size={s}) got raw output of shape "
                 f"{tuple(raw.shape)}; expected (batch, {s}, {s}, {n * 5 + c}).")
+        if self.parametrization == "linear":
+            boxes, classes = split_raw(raw, n, c)
+            coords = tf.clip_by_value(boxes[..., :4], -MAX_LINEAR_COORDINATE,
+                                      MAX_LINEAR_COORDINATE)
+            boxes = tf.concat([coords, boxes[..., 4:]], axis=-1)
+            raw = tf.concat([tf.reshape(boxes, [-1, s, s, n * 5]), classes],
+                            axis=-1)
         p = parametrize(raw, n, c, self.parametrization, self.sqrt,
                         self.softmax)
         col = tf.range(s, dtype=tf.float32)[None, None, :, None]
