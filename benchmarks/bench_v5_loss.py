@@ -188,8 +188,10 @@ def main(argv=None):
                         help="rows ours gets (padding to this)")
     parser.add_argument("--modes", default="graph,xla",
                         help="ours: graph, xla or both")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="default 5 (3 with --sweep)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="default 3 (2 with --sweep)")
     parser.add_argument("--threads", type=int, default=harness.cores(),
                         help="intra-op threads of both frameworks")
     parser.add_argument("--allow-busy", action="store_true",
@@ -198,6 +200,10 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true",
                         help="time vs truths and batch; write the PNG")
     args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 3 if args.sweep else 5
+    if args.repeats is None:
+        args.repeats = 2 if args.sweep else 3
 
     import yolov5_reference as reference
 
