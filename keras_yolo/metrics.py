@@ -63,7 +63,8 @@ def _check_keys(name, value, keys):
 
 
 def coco_map(y_true, y_pred, bounding_box_format, image_shape=None,
-             num_classes=None, max_detections=100, return_per_class=False):
+             num_classes=None, max_detections=100, return_per_class=False,
+             return_pr_curve=False):
     """COCO box mAP of a batch (or a whole set) of padded detections.
 
     Args:
@@ -82,6 +83,11 @@ def coco_map(y_true, y_pred, bounding_box_format, image_shape=None,
         return_per_class: also return `"per_class_map"` and
             `"per_class_map50"`: lists of C values (-1 for a class without
             ground truth).
+        return_pr_curve: also return `"pr_recall"` (the 101 recall points
+            0, 0.01, ..., 1) and `"pr_precision"` (C lists of 101: COCOeval's
+            interpolated precision at IoU 0.5, all areas, the largest
+            detection cap; -1 for a class without ground truth). Their mean
+            over the recall points is the class' AP@0.5.
 
     Returns:
         dict of Python floats, keys `STAT_NAMES` (see the module docstring).
@@ -161,11 +167,13 @@ def coco_map(y_true, y_pred, bounding_box_format, image_shape=None,
             detections.append([i, x, y, w, h, det_scores[i, j],
                                det_classes[i, j] + 1])
     return _cocoeval(num_images, height, width, num_classes, annotations,
-                     detections, int(max_detections), return_per_class)
+                     detections, int(max_detections), return_per_class,
+                     return_pr_curve)
 
 
 def _cocoeval(num_images, height, width, num_classes, annotations,
-              detections, max_detections, return_per_class):
+              detections, max_detections, return_per_class,
+              return_pr_curve=False):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -179,6 +187,9 @@ def _cocoeval(num_images, height, width, num_classes, annotations,
         if return_per_class:
             result["per_class_map"] = [-1.0] * num_classes
             result["per_class_map50"] = [-1.0] * num_classes
+        if return_pr_curve:
+            result["pr_recall"] = np.linspace(0, 1, 101).tolist()
+            result["pr_precision"] = [[-1.0] * 101] * num_classes
         return result
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
@@ -216,11 +227,15 @@ def _cocoeval(num_images, height, width, num_classes, annotations,
                                if (p50 > -1).any() else -1.0)
         result["per_class_map"] = per_class
         result["per_class_map50"] = per_class50
+    if return_pr_curve:
+        result["pr_recall"] = [float(r) for r in ev.params.recThrs]
+        result["pr_precision"] = ev.eval["precision"][0, :, :, 0, -1].T.tolist()
     return result
 
 
 def evaluate(detector, dataset, bounding_box_format, num_classes=None,
-             max_detections=100, max_batches=None, return_per_class=False):
+             max_detections=100, max_batches=None, return_per_class=False,
+             return_pr_curve=False, return_confusion_matrix=False):
     """Runs `detector` over `dataset` and returns `coco_map` of it all.
 
     Args:
@@ -233,6 +248,9 @@ def evaluate(detector, dataset, bounding_box_format, num_classes=None,
         num_classes: C (default: inferred, see `coco_map`).
         max_detections: detections kept per image.
         max_batches: stop after this many batches (default: all).
+        return_per_class, return_pr_curve: see `coco_map`.
+        return_confusion_matrix: also return `"confusion_matrix"` (see
+            `confusion_matrix`, default thresholds), as nested lists.
 
     Returns:
         the dict of `coco_map`, plus `"num_images"`.
@@ -252,9 +270,108 @@ def evaluate(detector, dataset, bounding_box_format, num_classes=None,
     y_pred = {k: _concat([d[k] for d in dets], -1 if k != "num_detections"
                          else 0) for k in DETECTION_KEYS}
     result = coco_map(y_true, y_pred, bounding_box_format, image_shape,
-                      num_classes, max_detections, return_per_class)
+                      num_classes, max_detections, return_per_class,
+                      return_pr_curve)
     result["num_images"] = int(y_true["labels"].shape[0])
+    if return_confusion_matrix:
+        result["confusion_matrix"] = confusion_matrix(
+            y_true, y_pred, bounding_box_format, num_classes,
+            image_shape).tolist()
     return result
+
+
+def confusion_matrix(y_true, y_pred, bounding_box_format, num_classes=None,
+                     image_shape=None, conf_thres=0.25, iou_thres=0.45):
+    """Detection confusion matrix, ultralytics' definition.
+
+    Per image, detections scoring above `conf_thres` are matched one to one
+    and class-agnostically to the ground truth: in descending score, each
+    detection with some IoU > `iou_thres` claims its best unclaimed truth.
+    A matched pair counts at `[detected class, true class]` (off-diagonal:
+    a confusion), an unmatched truth at `[C, true class]` (missed, "background"),
+    an unmatched detection at `[detected class, C]` (false positive).
+
+    Args:
+        y_true, y_pred: as in `coco_map` (padded ground truth; padded
+            detections with `num_detections`).
+        bounding_box_format: format of both.
+        num_classes: C (default: inferred as in `coco_map`).
+        image_shape: `(height, width)`, needed for `rel_` formats.
+        conf_thres: detections scoring at most this are ignored
+            (ultralytics: 0.25).
+        iou_thres: matching IoU (ultralytics: 0.45).
+
+    Returns:
+        `(C + 1, C + 1)` float64 counts indexed `[predicted, true]`, the
+        last row and column being background.
+
+    Example:
+        >>> gt = {"boxes": [[[0, 0, 10, 10]]], "labels": [[1]]}
+        >>> det = {"boxes": [[[0, 0, 10, 10]]], "scores": [[0.9]],
+        ...        "classes": [[0]], "num_detections": [1]}
+        >>> confusion_matrix(gt, det, "xyxy", num_classes=2)[0, 1]
+        1.0
+    """
+    _check_keys("y_true", y_true, ("boxes", "labels"))
+    _check_keys("y_pred", y_pred, DETECTION_KEYS)
+    gt_boxes = _numpy(y_true["boxes"]).astype(np.float64)
+    gt_labels = _numpy(y_true["labels"]).astype(np.int64)
+    det_boxes = _numpy(y_pred["boxes"]).astype(np.float64)
+    det_scores = _numpy(y_pred["scores"]).astype(np.float64)
+    det_classes = _numpy(y_pred["classes"]).astype(np.int64)
+    det_num = _numpy(y_pred["num_detections"]).astype(np.int64).reshape(-1)
+    if num_classes is None:
+        num_classes = int(max(gt_labels.max(initial=-1),
+                              det_classes.max(initial=-1))) + 1
+    c = max(int(num_classes), 1)
+    matrix = np.zeros((c + 1, c + 1))
+    gt_xyxy = _to_pixel_xyxy(gt_boxes, bounding_box_format, image_shape)
+    det_xyxy = _to_pixel_xyxy(det_boxes, bounding_box_format, image_shape)
+    for i in range(gt_boxes.shape[0]):
+        keep_gt = np.flatnonzero(gt_labels[i] >= 0)
+        rank = np.arange(det_boxes.shape[1])
+        keep_det = np.flatnonzero((rank < det_num[i]) & (det_classes[i] >= 0)
+                                  & (det_scores[i] > conf_thres))
+        true = gt_labels[i, keep_gt]
+        pred = det_classes[i, keep_det]
+        if np.any(pred >= c) or np.any(true >= c):
+            raise ValueError(f"image {i}: a class is outside [0, {c}).")
+        iou = _pairwise_iou(gt_xyxy[i, keep_gt], det_xyxy[i, keep_det])
+        match = np.full(len(keep_gt), -1)
+        candidates = np.flatnonzero((iou > iou_thres).any(0)) if iou.size \
+            else np.zeros(0, np.int64)
+        order = np.argsort(-det_scores[i, keep_det][candidates],
+                           kind="stable")
+        for d in candidates[order]:
+            g = iou[:, d].argmax()
+            if iou[g, d] > iou_thres:
+                match[g] = d
+                iou[g] = 0.0
+        for g, label in enumerate(true):
+            matrix[pred[match[g]] if match[g] >= 0 else c, label] += 1
+        matched = set(match[match >= 0].tolist())
+        for d, label in enumerate(pred):
+            if d not in matched:
+                matrix[label, c] += 1
+    return matrix
+
+
+def _to_pixel_xyxy(boxes, bounding_box_format, image_shape):
+    xywh = _to_pixel_xywh(boxes, bounding_box_format, image_shape)
+    xywh = np.asarray(xywh, np.float64).reshape(boxes.shape)
+    return np.concatenate([xywh[..., :2], xywh[..., :2] + xywh[..., 2:]], -1)
+
+
+def _pairwise_iou(a, b):
+    """(N, 4) x (M, 4) xyxy -> (N, M) plain IoU (torchvision's box_iou)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), -1)
+    area_a = np.prod(a[:, 2:] - a[:, :2], -1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], -1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def _concat(arrays, pad_value):

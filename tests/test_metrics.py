@@ -209,3 +209,76 @@ def test_callback_logs_map_every_n_epochs_and_after_the_last():
     assert history.history["val_map"] == pytest.approx([1.0, 1.0])
     with pytest.raises(ValueError, match="every_n_epochs"):
         metrics.CocoMetricCallback(val, "xyxy", every_n_epochs=0)
+
+
+def test_pr_curve_is_the_interpolated_envelope_at_iou_half():
+    # TP .9, FP .8, TP .7 over 2 truths: precision 1 up to recall 1/2, then
+    # 2/3 up to recall 1 (envelope): 51 points at 1, 50 at 2/3.
+    gt = _gt([[0, 0, 20, 20], [40, 40, 60, 60]], [0, 0])
+    det = _det([[0, 0, 20, 20], [70, 70, 90, 90], [40, 40, 60, 60]],
+               [0.9, 0.8, 0.7], [0, 0, 0])
+    result = metrics.coco_map(gt, det, "xyxy", num_classes=2,
+                              return_pr_curve=True, return_per_class=True)
+    np.testing.assert_allclose(result["pr_recall"], np.linspace(0, 1, 101))
+    expected = np.r_[np.ones(51), np.full(50, 2 / 3)]
+    np.testing.assert_allclose(result["pr_precision"][0], expected)
+    assert result["pr_precision"][1] == [-1.0] * 101      # no truth
+    assert np.mean(result["pr_precision"][0]) == pytest.approx(
+        result["per_class_map50"][0])
+
+
+def test_confusion_matrix_hand_case():
+    # Image: truth A (class 0) and B (class 1); detections: on A as class 1
+    # (a confusion), on B as class 1 (correct), a stray class-0 box (false
+    # positive), a low-score box on A (ignored); class 2's truth missed.
+    gt = _gt([[0, 0, 20, 20], [40, 40, 60, 60], [70, 0, 90, 20]], [0, 1, 2])
+    det = _det([[1, 1, 20, 20], [40, 40, 61, 60], [0, 70, 20, 90],
+                [0, 0, 20, 20]], [0.9, 0.8, 0.7, 0.2], [1, 1, 0, 0])
+    matrix = metrics.confusion_matrix(gt, det, "xyxy", num_classes=3)
+    expected = np.zeros((4, 4))
+    expected[1, 0] = 1      # A detected as class 1
+    expected[1, 1] = 1      # B correct
+    expected[0, 3] = 1      # stray detection: background predicted as 0
+    expected[3, 2] = 1      # class 2 missed
+    np.testing.assert_array_equal(matrix, expected)
+
+
+def test_confusion_matrix_matches_ultralytics_on_random_detections():
+    torch = pytest.importorskip("torch")
+    um = pytest.importorskip("ultralytics.utils.metrics")
+    rng = np.random.default_rng(3)
+    num_classes, images, m, k = 4, 12, 6, 9
+    xy = rng.uniform(0, 80, (images, m, 2))
+    wh = rng.uniform(8, 40, (images, m, 2))
+    gt_boxes = np.concatenate([xy, xy + wh], -1)
+    labels = rng.integers(0, num_classes, (images, m))
+    labels[rng.uniform(size=(images, m)) < 0.3] = -1           # padding
+    # Detections: jittered truths (often matching) and random boxes.
+    source = rng.integers(0, m, (images, k))
+    det_boxes = np.take_along_axis(gt_boxes, source[..., None], 1)
+    det_boxes = det_boxes + rng.normal(0, 4, det_boxes.shape)
+    random = rng.uniform(size=(images, k)) < 0.3
+    corner = rng.uniform(0, 80, (random.sum(), 2))
+    det_boxes[random] = np.concatenate(
+        [corner, corner + rng.uniform(8, 40, corner.shape)], -1)
+    scores = rng.uniform(0, 1, (images, k))
+    classes = np.where(rng.uniform(size=(images, k)) < 0.7,
+                       np.take_along_axis(np.maximum(labels, 0), source, 1),
+                       rng.integers(0, num_classes, (images, k)))
+    num = rng.integers(0, k + 1, images)
+    ours = metrics.confusion_matrix(
+        {"boxes": gt_boxes, "labels": labels},
+        {"boxes": det_boxes, "scores": scores, "classes": classes,
+         "num_detections": num}, "xyxy", num_classes)
+    reference = um.ConfusionMatrix(names={i: str(i) for i in
+                                          range(num_classes)})
+    for i in range(images):
+        keep = labels[i] >= 0
+        reference.process_batch(
+            {"bboxes": torch.tensor(det_boxes[i, :num[i]]),
+             "conf": torch.tensor(scores[i, :num[i]]),
+             "cls": torch.tensor(classes[i, :num[i]])},
+            {"bboxes": torch.tensor(gt_boxes[i, keep]),
+             "cls": torch.tensor(labels[i, keep])})
+    assert ours.sum() > 20 and np.trace(ours[:-1, :-1]) > 5
+    np.testing.assert_array_equal(ours, reference.matrix)
