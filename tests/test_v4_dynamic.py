@@ -87,6 +87,15 @@ def test_loss_with_unknown_batch_box_count_and_grid_equals_eager(jit):
     assert step.experimental_get_tracing_count() == 1
 
 
+def test_unknown_anchor_or_channel_axis_is_named_with_the_fix():
+    loss = YoloV4Loss(C, anchors=ANCHORS)
+    signature = SIGNATURE[:2] + [[tf.TensorSpec((None,) * 5, tf.float32)] * 3]
+    step = tf.function(lambda b, l, p: loss({"boxes": b, "labels": l}, p),
+                       input_signature=signature)
+    with pytest.raises(ValueError, match=r"y_pred\[0\].*input_signature"):
+        step.get_concrete_function()
+
+
 def test_decode_with_unknown_batch_and_grid_equals_eager():
     decode = YoloV4Decode(anchors=ANCHORS, bounding_box_format="xyxy",
                           num_classes=C)

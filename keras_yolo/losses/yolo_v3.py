@@ -18,6 +18,11 @@ OFFSET_EPSILON = 1e-3
 # zero-size box's target finite instead of -inf.
 MIN_BOX_SIZE = 1e-6
 COORD_GATES = ("anchor", "prediction", None)
+# B, H, W and the box count M may be unknown until run time; these may not.
+STATIC_AXES_HINT = (
+    " Only the anchor and channel axes must be static (B, H, W and the box "
+    "count may be None): give the head's reshape, or the tf.function "
+    "input_signature, those two sizes.")
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum")
 
 
@@ -117,7 +122,10 @@ class YoloV3Loss(keras.losses.Loss):
             `GroundTruthError` eagerly and are masked (as padding) inside
             `tf.function` / XLA.
         y_pred: list of `(B, H_l, W_l, A, 5 + C)` raw outputs, ascending
-            stride (any float dtype; computed in float32).
+            stride (any float dtype; computed in float32). Any finite value
+            gives a finite loss and gradient: the decoded sizes (ignore rule,
+            `truth_thresh`, the `"prediction"` gate) clip `t_w, t_h` to ±20
+            (`MAX_LOG_SCALE`), where darknet's `exp` overflows to inf boxes.
         Returns a scalar; `components(y_true, y_pred)` gives `{"box", "obj",
         "cls"}` summing to it.
 
@@ -211,7 +219,7 @@ class YoloV3Loss(keras.losses.Loss):
                 raise ValueError(
                     f"`y_pred[{level}]` must be (B, H, W, {want[0]}, "
                     f"{want[1]}) for {self.num_classes} classes; got "
-                    f"{tuple(raw.shape)}.")
+                    f"{tuple(raw.shape)}." + STATIC_AXES_HINT)
             out.append(raw)
         return out
 

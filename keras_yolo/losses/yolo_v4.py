@@ -346,7 +346,10 @@ class YoloV4Loss(keras.losses.Loss):
             if raw.shape.rank != 5 or tuple(raw.shape[-2:]) != want:
                 raise ValueError(
                     f"`y_pred[{l}]` must be (B, H, W, {want[0]}, {want[1]}); "
-                    f"got shape {tuple(raw.shape)}."
+                    f"got shape {tuple(raw.shape)}. Only the anchor and "
+                    "channel axes must be static (B, H, W and the box count "
+                    "may be None): give the head's reshape, or the "
+                    "tf.function input_signature, those two sizes."
                 )
             levels.append(raw)
         return levels
