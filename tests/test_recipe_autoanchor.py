@@ -45,3 +45,11 @@ def test_autoanchor_keeps_fitting_anchors_and_replaces_poor_ones():
     np.testing.assert_allclose(recipe.decode_config["anchors"], new)
     with pytest.raises(ValueError, match="shape"):
         recipes.make_recipe("v5", 2, 64, anchors=[[[1, 1]]])
+
+
+def test_v5_recipe_loss_gains_are_train_py_scaled():
+    # train.py: box 0.05 * 3/nl, cls 0.5 * nc/80 * 3/nl, obj (imgsz/640)^2
+    loss = recipes.make_recipe("v5", num_classes=4, image_size=320).build_loss()
+    assert loss.box == pytest.approx(0.05)
+    assert loss.cls == pytest.approx(0.5 * 4 / 80)
+    assert loss.obj == pytest.approx((320 / 640) ** 2)
