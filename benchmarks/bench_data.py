@@ -13,10 +13,13 @@ InfiniteDataLoader). While one loader is timed the others only fill their
 buffers in the background, so each turn first pulls `--drain` images untimed
 (more than yolov5 buffers: two batches per worker), then times `--images`
 images. Ours gets a fresh iterator each turn (its old one is deleted, its
-threads stop) so it starts every turn with empty buffers. yolov5 reads a mirror of coco128 made
-of symlinks in a temporary folder, so its label cache is not written into the
-shared dataset.
-Prints images/s medians, the ratios ours / yolov5, the start-up time of a
+threads stop) so it starts every turn with empty buffers. yolov5 reads a
+mirror of coco128 made of symlinks in a temporary folder, so its label cache
+is not written into the shared dataset.
+
+Prints images/s medians, the ratios ours / yolov5 (and, with `--train-step`,
+ours / a keras_yolo yolov5n train step at the same size on one of our
+batches: above 1, the pipeline keeps up with the step), the start-up time of a
 fresh iterator of ours (paid once per epoch by `model.fit`), the load average
 before and after, and one JSON line. Writes a PNG grid of one augmented batch
 with its boxes (`--grid`). Needs the parity extra (bash .ci/install_parity).
@@ -145,6 +148,31 @@ def endless(loader):
         yield from loader
 
 
+def train_step_images_per_second(batch, steps=3):
+    """Images/s of one keras_yolo yolov5n train step (SGD, YoloV5Loss) on
+    `batch`, the median of `steps` steps after a warm-up step."""
+    import keras
+
+    from keras_yolo.anchors import YOLOV5_ANCHORS
+    from keras_yolo.losses import YoloV5Loss
+    from keras_yolo.models import build
+
+    images, target = batch
+    size = int(images.shape[1])
+    model = build("yolov5n", num_classes=80, input_shape=(size, size, 3))
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.937),
+                  loss=YoloV5Loss(80, anchors=YOLOV5_ANCHORS,
+                                  bounding_box_format="xyxy"))
+    x = tf.cast(images, tf.float32) / 255.0
+    model.train_on_batch(x, target)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, target)
+        times.append(time.perf_counter() - start)
+    return int(images.shape[0]) / statistics.median(times)
+
+
 def write_grid(path, batch, names, columns=4, tile=320):
     from PIL import Image, ImageDraw
 
@@ -192,6 +220,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="yolov5 DataLoader workers to compare with")
+    parser.add_argument("--train-step", action="store_true",
+                        help="also time a keras_yolo yolov5n train step")
     parser.add_argument("--grid", default=os.path.join(
         ROOT, "benchmarks", "out", "augment_grid.png"))
     args = parser.parse_args()
@@ -226,6 +256,9 @@ def main():
     gc.collect()  # yolov5's workers shut down before their files go
     shutil.rmtree(mirror, ignore_errors=True)
     medians = {name: statistics.median(v) for name, v in speeds.items()}
+    if args.train_step:
+        medians["yolov5n_train_step"] = train_step_images_per_second(first)
+        speeds["yolov5n_train_step"] = [medians["yolov5n_train_step"]]
     report = {"image_size": args.image_size, "batch_size": args.batch_size,
               "images_per_round": args.images, "drain": args.drain,
               "rounds": args.rounds,

@@ -12,6 +12,11 @@ bilinear interpolation and grey (114) fill; each box becomes the envelope of
 its four transformed corners, clipped to the output, and is kept only when
 `box_candidates` accepts it (not too small, too thin, nor mostly lost).
 
+Keras 3.15's `RandomFlip(bounding_box_format=...)` flips boxes correctly
+(tests/test_data_augment.py checks it against ours), but it draws from a
+stateful seed generator; the flips here are stateless per element so the
+pipeline is reproducible under parallel `tf.data` maps.
+
 Boxes here are `xyxy` pixels with padded rows: every function takes and
 returns fixed-size `(N, 4)` boxes with `(N,)` int32 labels, and a dropped box
 gets the label -1, so the functions vectorize and run inside `tf.data`.

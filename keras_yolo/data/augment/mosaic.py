@@ -7,6 +7,12 @@ left, image 3 towards the bottom right, each cropped by the canvas. Boxes move
 with their image and are clipped to the canvas. `random_perspective` with
 border `-S/2` then brings the canvas back to `S x S` (see
 `keras_yolo.data.augment.training_pipeline`).
+
+keras_cv 0.9's `Mosaic` layer runs under Keras 3.15 and its boxes pass the
+box-on-pixels check on most outputs, but it is a different recipe (batch-level
+companions drawn with replacement, its own crop and rescale, no perspective
+warp, no candidate filter) with a stateful seed; this one reproduces
+ultralytics' `load_mosaic` (tests/test_data_augment_reference.py).
 """
 
 import tensorflow as tf
@@ -14,7 +20,7 @@ import tensorflow as tf
 from keras_yolo.data.augment.geometry import FILL_VALUE
 
 
-def _tile(image, height, width, y1a, y2a, x1a, x2a, y1b, x1b, pad):
+def _tile(image, y1a, y2a, x1a, x2a, y1b, x1b, pad):
     """The crop `image[y1b:y1b + y2a - y1a, x1b:x1b + x2a - x1a]` padded with
     `pad = [[top, bottom], [left, right]]` to fill one quadrant."""
     crop = image[y1b:y1b + (y2a - y1a), x1b:x1b + (x2a - x1a)]
@@ -62,7 +68,7 @@ def mosaic(images, image_sizes, boxes, labels, center, image_size):
             x1a, y1a, x2a, y2a = xc, yc, tf.minimum(xc + w, s2), tf.minimum(s2, yc + h)
             x1b, y1b = 0, 0
             pad = [[0, s2 - y2a], [0, s2 - x2a]]
-        tiles.append(_tile(images[i], h, w, y1a, y2a, x1a, x2a, y1b, x1b, pad))
+        tiles.append(_tile(images[i], y1a, y2a, x1a, x2a, y1b, x1b, pad))
         offsets.append(tf.cast(tf.stack([x1a - x1b, y1a - y1b]), tf.float32))
     canvas = tf.concat([tf.concat(tiles[:2], axis=1),
                         tf.concat(tiles[2:], axis=1)], axis=0)
