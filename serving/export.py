@@ -1,7 +1,7 @@
 """`python -m serving export`: a detector to a TF Serving SavedModel and TFLite.
 
-    python -m serving export --model runs/demo/model.keras --out runs/demo/export \
-        [--conf 0.25 --iou 0.45 --max-det 300 --agnostic --nms diou] \
+    python -m serving export --model runs/demo/model.keras --out runs/demo/export
+        [--conf 0.25 --iou 0.45 --max-det 300 --agnostic --nms diou]
         [--tflite fp32 fp16 int8 --calibration-images "data/val/*.jpg"]
 
 Writes `OUT/saved_model/` with two signatures (see `serving.signatures`):
@@ -20,7 +20,7 @@ or any `tf.saved_model.load` runs it without keras-yolo. The class names
 assets of the SavedModel; the thresholds are recorded in `OUT/export.json`.
 
 `--tflite` writes `OUT/model_{fp32,fp16,int8}.tflite`: batch 1, input the
-letterboxed `(1, S, S, 3)` float image (`serving.client.letterbox`), the
+letterboxed `(1, S, S, 3)` float image (`serving.letterbox.letterbox`), the
 same outputs but `class_names` (boxes in input pixels, clipped to it), NMS
 inside, TFLite built-in ops only (checked: no Flex/custom op). int8 is
 full-integer quantization of the network calibrated on

@@ -1,6 +1,6 @@
 """`python -m serving predict`: detections of image files from an export.
 
-    python -m serving predict --export runs/demo/export --images a.jpg photos/ \
+    python -m serving predict --export runs/demo/export --images a.jpg photos/
         --draw runs/demo/drawn [--out detections.json] [--tflite fp32]
 
 Sends each file's bytes, as they are, to the SavedModel's `serving_default`

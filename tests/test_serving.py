@@ -613,3 +613,28 @@ def test_malformed_inputs_are_refused_cleanly_in_a_subprocess(
     # the interpreter refuses it (a Python exception, not an abort)
     assert result["tflite rank 3"][0] in ("ValueError", "RuntimeError")
     assert result["still serving"] > 0
+
+
+def test_class_names_come_from_the_run_directory_or_a_file(tmp_path):
+    from serving.export import load_class_names
+
+    model = tmp_path / "run" / "model.keras"
+    model.parent.mkdir()
+    assert load_class_names(2, model_path=str(model)) == ["class_0",
+                                                          "class_1"]
+    (model.parent / "class_names.json").write_text('["cat", "dog"]')
+    assert load_class_names(2, model_path=str(model)) == ["cat", "dog"]
+    text = tmp_path / "names.txt"
+    text.write_text("bird\nfish\n\n")
+    assert load_class_names(2, str(text), str(model)) == ["bird", "fish"]
+    keyed = tmp_path / "keyed.json"
+    keyed.write_text('{"names": {"1": "b", "0": "a", "10": "k", "2": "c", '
+                     '"3": "d", "4": "e", "5": "f", "6": "g", "7": "h", '
+                     '"8": "i", "9": "j"}}')
+    assert load_class_names(11, str(keyed)) == list("abcdefghijk")
+    with pytest.raises(ValueError, match=r"names.txt: expected a list of 3"):
+        load_class_names(3, str(text))
+    broken = tmp_path / "broken.json"
+    broken.write_text("[")
+    with pytest.raises(ValueError, match="broken.json: not valid JSON"):
+        load_class_names(2, str(broken))
