@@ -1,0 +1,159 @@
+"""yolov5n train step (forward + loss + backward + SGD) against ultralytics yolov5.
+
+    .venv/bin/python benchmarks/bench_train_step.py [--image-size 320] [--modes graph,xla]
+
+Both sides: yolov5n (v6.0 yaml: depth 0.33, width 0.25), 80 classes, the same
+random images (batch 16) and 8 real truths per image; SGD lr 0.01, momentum
+0.937, Nesterov; the v5 objective with train.py's gain scaling. Ours is
+`keras_yolo.models.yolov5` compiled with `YoloV5Loss` and trained with
+`model.train_on_batch` (the step `model.fit` runs; ground truth padded to
+`--max-boxes` rows), in graph mode and with `jit_compile=True`; ultralytics'
+is `Model(yolov5n.yaml)` in train mode with `ComputeLoss`, `backward()` and
+`optimizer.step()`. Same intra-op threads for both.
+
+Contenders alternate in one process (benchmarks/harness.py), the load and
+thread settings are recorded, a busy machine is refused unless
+`--allow-busy`. Prints images/s of each and ours / ultralytics' throughput
+(above 1: we are faster), plus the first-step (trace/compile) time of ours.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+NUM_CLASSES = 80
+DEPTH, WIDTH = 0.33, 0.25  # yolov5n
+LR, MOMENTUM = 0.01, 0.937  # hyp.scratch-low.yaml
+
+
+def make_data(batch, size, truths, max_boxes, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 1, (batch, size, size, 3)).astype(np.float32)
+    boxes = np.zeros((batch, max_boxes, 4), np.float32)
+    labels = np.full((batch, max_boxes), -1, np.int32)
+    boxes[:, :truths, :2] = rng.uniform(0.1, 0.9, (batch, truths, 2))
+    boxes[:, :truths, 2:] = rng.uniform(0.05, 0.4, (batch, truths, 2))
+    labels[:, :truths] = rng.integers(0, NUM_CLASSES, (batch, truths))
+    real = labels >= 0
+    targets = np.concatenate([np.nonzero(real)[0][:, None],
+                              labels[real][:, None], boxes[real]], 1)
+    return images, boxes, labels, targets.astype(np.float32)
+
+
+def ours_step(size, jit, images, boxes, labels):
+    import keras
+
+    from keras_yolo.losses import YoloV5Loss, scale_hyperparameters
+    from keras_yolo.models.yolov5 import yolov5
+
+    keras.utils.set_random_seed(0)
+    model = yolov5(num_classes=NUM_CLASSES, input_shape=(size, size, 3),
+                   depth_multiple=DEPTH, width_multiple=WIDTH)
+    model.compile(
+        keras.optimizers.SGD(LR, momentum=MOMENTUM, nesterov=True),
+        loss=YoloV5Loss(num_classes=NUM_CLASSES, scale_by_batch_size=True,
+                        **scale_hyperparameters(num_classes=NUM_CLASSES,
+                                                image_size=size)),
+        jit_compile=jit)
+    x = tf.constant(images)
+    y = {"boxes": tf.constant(boxes), "labels": tf.constant(labels)}
+    return lambda: model.train_on_batch(x, y)
+
+
+def peer_step(reference, size, images, targets):
+    import yolov5
+
+    torch = reference.torch
+    torch.manual_seed(0)
+    yaml = os.path.join(os.path.dirname(yolov5.__file__), "models",
+                        "yolov5n.yaml")
+    model = reference.yolo.Model(yaml, ch=3, nc=NUM_CLASSES).train()
+    hyp = reference_hyp(size)
+    model.hyp = hyp
+    criterion = reference.loss.ComputeLoss(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
+                                nesterov=True)
+    x = torch.tensor(images.transpose(0, 3, 1, 2).copy())
+    t = torch.tensor(targets)
+
+    def step():
+        optimizer.zero_grad()
+        loss, _ = criterion(model(x), t)
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    return step
+
+
+def reference_hyp(size):
+    from keras_yolo.losses import scale_hyperparameters
+
+    hyp = dict(box=0.05, obj=1.0, cls=0.5, anchor_t=4.0, cls_pw=1.0,
+               obj_pw=1.0, fl_gamma=0.0, label_smoothing=0.0)
+    hyp.update(scale_hyperparameters(num_classes=NUM_CLASSES,
+                                     image_size=size))
+    return hyp
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=320)
+    parser.add_argument("--truths", type=int, default=8)
+    parser.add_argument("--max-boxes", type=int, default=100)
+    parser.add_argument("--modes", default="graph,xla")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=harness.cores())
+    parser.add_argument("--allow-busy", action="store_true")
+    args = parser.parse_args(argv)
+
+    import yolov5_reference
+
+    reference = yolov5_reference.load()
+    harness.set_threads(args.threads)
+    state = harness.check_quiet(args.allow_busy)
+    images, boxes, labels, targets = make_data(
+        args.batch_size, args.image_size, args.truths, args.max_boxes)
+    contenders = {"ultralytics": peer_step(reference, args.image_size,
+                                           images, targets)}
+    first_step = {}
+    for mode in [m for m in args.modes.split(",") if m]:
+        step = ours_step(args.image_size, mode == "xla", images, boxes,
+                         labels)
+        start = time.perf_counter()
+        step()  # trace (and compile)
+        first_step[mode] = round(time.perf_counter() - start, 1)
+        contenders[f"ours_{mode}"] = step
+    times = harness.alternate(contenders, rounds=args.rounds,
+                              repeats=args.repeats)
+    batch = args.batch_size
+    peer_ips = batch / times["ultralytics"]["median"]
+    result = dict(model="yolov5n", image_size=args.image_size,
+                  batch_size=batch, ultralytics_images_per_s=round(
+                      peer_ips, 2))
+    for name in contenders:
+        if name.startswith("ours_"):
+            ips = batch / times[name]["median"]
+            result[f"{name}_images_per_s"] = round(ips, 2)
+            result[f"{name}_throughput_ratio"] = round(ips / peer_ips, 3)
+    result["ours_first_step_s"] = first_step
+    result["rounds_s"] = {k: v["rounds"] for k, v in times.items()}
+    result["machine"] = harness.finish({**state, **harness.machine_state()})
+    return harness.report(result, "bench_train_step")
+
+
+if __name__ == "__main__":
+    main()
