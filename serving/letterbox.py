@@ -6,16 +6,20 @@ these functions are the in-graph form of ultralytics' `LetterBox` and
 `scale_boxes` (yolov5 / ultralytics 8):
 
     r = min(S_h / h, S_w / w)                       # keep the aspect ratio
-    (h', w') = (round(h r), round(w r))             # resized, bilinear
+    (h', w') = (round(h r), round(w r))             # resized
     top = round((S_h - h') / 2 - 0.1), left = round((S_w - w') / 2 - 0.1)
     the rest of the S_h x S_w canvas is gray 114 / 255
 
 and a box `(x1, y1, x2, y2)` on the canvas maps back to the original image
 as `((x1 - left) / r, (y1 - top) / r, ...)`, clipped to `[0, w] x [0, h]`.
 
-The resize is `tf.image.resize(..., "bilinear")` (half-pixel centres, no
-antialiasing), as OpenCV's `INTER_LINEAR` that ultralytics uses; it runs on
-floats, so it differs from OpenCV's rounded uint8 result by < 0.5 / 255.
+The resize is area averaging when shrinking and bilinear (half-pixel
+centres) when enlarging, as ultralytics' `load_image` (cv2 `INTER_AREA` /
+`INTER_LINEAR`) and `keras_yolo.data.letterbox` do; it runs on floats, so it
+differs from OpenCV's rounded uint8 result by < 0.5 / 255. (This module
+rather than `keras_yolo.data.letterbox`: the serving signatures take batches
+and non-square inputs, and their boxes map back with ultralytics'
+`scale_boxes` gain `min(S_h / h, S_w / w)`.)
 """
 
 import tensorflow as tf
@@ -63,7 +67,13 @@ def letterbox(images, size):
     """
     shape = tf.shape(images)
     scale, new_hw, top_left = letterbox_geometry(shape[-3:-1], size)
-    resized = tf.image.resize(images, new_hw, method="bilinear")
+    # ultralytics (and keras_yolo.data.letterbox): area averaging when
+    # shrinking (cv2 INTER_AREA; bilinear would alias a 12 MP photo),
+    # bilinear when enlarging (INTER_LINEAR).
+    resized = tf.cond(
+        scale < 1.0,
+        lambda: tf.image.resize(images, new_hw, method="area"),
+        lambda: tf.image.resize(images, new_hw, method="bilinear"))
     bottom_right = tf.constant(list(size), tf.int32) - new_hw - top_left
     rank = len(images.shape)
     paddings = tf.stack([top_left, bottom_right], axis=1)  # (2, 2): h, w

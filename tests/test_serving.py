@@ -47,7 +47,7 @@ def reference_letterbox(image, size=SIZE):
     h, w = image.shape[:2]
     r = min(size / h, size / w)
     new_h, new_w = int(round(h * r)), int(round(w * r))
-    if r == 0.5:  # bilinear, half-pixel centres, 2x: the 2x2 mean
+    if r == 0.5:  # area averaging at 2x: the 2x2 mean
         image = image.reshape(new_h, 2, new_w, 2, 3).mean(axis=(1, 3))
     assert image.shape[:2] == (new_h, new_w)
     dh, dw = (size - new_h) / 2, (size - new_w) / 2
