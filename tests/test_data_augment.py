@@ -309,6 +309,18 @@ def test_mosaic_probability_is_switched_by_a_variable():
     assert boxes_per_image() == [3] * 8
 
 
+def test_close_mosaic_callback_switches_the_variable_at_its_epoch():
+    mosaic = tf.Variable(0.8, trainable=False)
+    callback = augment.CloseMosaic(mosaic, epoch=3)
+    seen = []
+    for epoch in range(5):
+        callback.on_epoch_begin(epoch)
+        seen.append(round(float(mosaic.numpy()), 6))
+    assert seen == [0.8, 0.8, 0.8, 0.0, 0.0]
+    callback.on_epoch_begin(0)  # a new fit from epoch 0 restores it
+    assert float(mosaic.numpy()) == pytest.approx(0.8)
+
+
 def test_pipeline_is_deterministic_under_a_seed():
     """Same seed, same outputs; a new iteration (epoch) draws new ones."""
     hyp = {"mixup": 0.5, "cutmix": 0.5, "degrees": 5.0}
@@ -500,6 +512,23 @@ def test_multi_scale_resizes_batches_in_buckets():
     assert len(seen) == 4
     assert seen[0] == seen[1] and seen[2] == seen[3]
     assert len(traces) == len(set(seen))  # one trace per bucket
+
+
+def test_multi_scale_keeps_relative_boxes_and_scales_pixel_ones():
+    images = tf.zeros([2, 64, 32, 3], tf.uint8)
+    boxes = tf.constant([[[8.0, 16.0, 24.0, 48.0]]] * 2)
+    target = {"boxes": boxes, "labels": tf.zeros([2, 1], tf.int32)}
+    ds = tf.data.Dataset.from_tensors((images, target))
+    out, t = next(iter(augment.multi_scale(ds, (96,), every=1,
+                                           bounding_box_format="yxyx")))
+    assert out.shape == (2, 96, 96, 3)
+    # yxyx: y scales by 96 / 64, x by 96 / 32.
+    np.testing.assert_allclose(t["boxes"].numpy()[0, 0], [12, 48, 36, 144])
+    out, t = next(iter(augment.multi_scale(
+        ds, (96,), every=1, bounding_box_format="rel_xyxy")))
+    np.testing.assert_allclose(t["boxes"].numpy(), boxes.numpy())
+    with pytest.raises(ValueError, match="bounding_box_format"):
+        augment.multi_scale(ds, (96,), bounding_box_format="xyxy_bad")
 
 
 def test_multi_scale_sizes_are_stride_multiples():
