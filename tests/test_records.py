@@ -1,6 +1,7 @@
 """Records of a run a user can look at, and `evaluate --run` scoring the
 run's own validation images (all of them)."""
 
+import csv
 import json
 import os
 import sys
@@ -146,3 +147,112 @@ def test_fit_logs_the_loss_terms_that_sum_to_the_loss(version):
     scale = 4 if getattr(loss, "scale_by_batch_size", False) else 1
     assert logs["loss"] == pytest.approx(
         scale * (logs["box"] + logs["obj"] + logs["cls"]), rel=1e-5)
+
+
+def test_results_csv_and_png_follow_the_history(tmp_path):
+    from training import plots, records
+
+    history = [{"epoch": 1, "loss": 3.0, "box": 1.0, "obj": 1.5, "cls": 0.5,
+                "lr": 0.01, "seconds": 2.0},
+               {"epoch": 2, "loss": 2.0, "box": 0.5, "obj": 1.0, "cls": 0.5,
+                "lr": 0.005, "val_map50": 0.25, "val_map": 0.1,
+                "seconds": 2.5}]
+    path = records.write_results(str(tmp_path), history)
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", "loss", "box", "obj", "cls", "lr",
+                       "val_map50", "val_map", "seconds"]
+    assert rows[1] == ["1", "3", "1", "1.5", "0.5", "0.01", "", "", "2"]
+    assert rows[2][6:8] == ["0.25", "0.1"]
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+    assert plots.plot_results(history, str(tmp_path / "r.png")) == [
+        "box", "obj", "cls", "loss", "lr", "val_map50", "val_map"]
+
+
+def test_prediction_grid_draws_each_box_in_its_class_colour():
+    from training import plots
+
+    images = np.zeros((3, 20, 10, 3), np.float32)
+    boxes = np.zeros((3, 2, 4))
+    boxes[0, 0] = [0.2, 0.1, 0.6, 0.5]          # x 2..6, y 2..10
+    boxes[2, 0] = [0.0, 0.0, 1.0, 1.0]
+    classes = np.array([[1, -1], [0, 0], [2, 0]])
+    grid = plots.prediction_grid(images, boxes, classes, [1, 0, 1], cols=2,
+                                 scores=np.full((3, 2), 0.9))
+    assert grid.shape == (40, 20, 3)
+    red = plots.PALETTE[1]
+    np.testing.assert_array_equal(grid[2, 2:7], np.tile(red, (5, 1)))
+    np.testing.assert_array_equal(grid[2:11, 2], np.tile(red, (9, 1)))
+    assert (grid[5, 3:6] == 0).all()                # inside stays black
+    assert (grid[0:20, 10:20] == 0).all()           # image 2: no boxes
+    np.testing.assert_array_equal(grid[20, 0], plots.PALETTE[2])
+    assert (grid[20:40, 10:20] == 255).all()        # empty grid cell
+
+
+def test_per_class_table_and_dict():
+    from training import records
+
+    result = {"per_class_map50": [0.5, -1.0], "per_class_map": [0.25, -1.0],
+              "map50": 0.5, "map": 0.25}
+    table = records.per_class(result, ["cat", "dog"])
+    assert table == {"cat": {"ap50": 0.5, "ap": 0.25},
+                     "dog": {"ap50": None, "ap": None}}
+    text = records.per_class_table(table, result)
+    assert text.splitlines()[1].split() == ["cat", "0.5000", "0.2500"]
+    assert text.splitlines()[2].split() == ["dog", "-", "-"]
+    assert text.splitlines()[3].split() == ["all", "0.5000", "0.2500"]
+
+
+def test_a_run_writes_every_record(tmp_path, capsys):
+    import keras
+    import tensorflow as tf
+
+    import training
+    from keras_yolo import data, metrics
+    from keras_yolo.postprocess import NonMaxSuppression
+
+    sys.path.insert(0, TESTS)
+    from tiny_detector import TinyDecode, TinyLoss, build_tiny_model
+
+    ds = data.shapes(num_images=16, image_size=64, num_classes=3, seed=0)
+    val = data.shapes(num_images=10, image_size=64, num_classes=3, seed=1)
+    nms = NonMaxSuppression(bounding_box_format="rel_center_xywh",
+                            max_det=20, conf_thres=0.001)
+    decode = TinyDecode()
+    run_dir = str(tmp_path / "run")
+    result = training.train(
+        lambda: build_tiny_model(64, 3, seed=1), TinyLoss(3), ds,
+        val_data=val, postprocess=lambda raw: nms(decode(raw)),
+        num_classes=3, epochs=2, batch_size=8, eval_batch_size=4,
+        learning_rate=0.002, strategy="default", jit_compile=False,
+        run_dir=run_dir, config={"class_names": ["a", "b", "c"]})
+    for name in ("results.png", "pr_curve.png", "confusion_matrix.png",
+                 "val_predictions.png"):
+        assert os.path.getsize(os.path.join(run_dir, name)) > 1000, name
+    with open(os.path.join(run_dir, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[1]["val_map50"]) >= 0 and float(rows[1]["lr"]) > 0
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert set(saved["per_class"]) == {"a", "b", "c"}
+    assert saved["num_images"] == 10        # 4 + 4 + 2: none dropped
+    assert saved["per_class"]["b"]["ap50"] == pytest.approx(
+        saved["per_class_map50"][1])
+    matrix = np.asarray(saved["confusion_matrix"])
+    assert matrix.shape == (4, 4)
+    gt_count = sum(int((y["labels"].numpy() >= 0).sum()) for _, y in val)
+    assert matrix[:, :3].sum() == gt_count    # every truth counted once
+    out = capsys.readouterr().out
+    assert "Epoch 2/2" in out and "img/s" in out and "AP@0.5" in out
+    # TensorBoard: epoch scalars (loss, learning rate, mAP) and the image.
+    tags = set()
+    for root, _, files in os.walk(os.path.join(run_dir, "tensorboard")):
+        for name in files:
+            for event in tf.compat.v1.train.summary_iterator(
+                    os.path.join(root, name)):
+                tags |= {v.tag for v in event.summary.value}
+    # (Keras writes val_* logs to tensorboard/validation without "val_".)
+    assert {"epoch_loss", "epoch_lr", "epoch_lr_bias", "epoch_map50",
+            "val_predictions"} <= tags, tags
+    assert result.metrics["map50"] == saved["map50"]

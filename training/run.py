@@ -8,6 +8,9 @@ A run directory holds everything a job produced:
     backup/          resumable state while running (training.resume)
     model.keras      the trained model (EMA weights when EMA is on)
     best.weights.h5  weights of the best validation mAP@0.5
+    results.csv/png  loss terms, learning rates and mAP per epoch
+    pr_curve.png, confusion_matrix.png, val_predictions.png   final eval
+    tensorboard/     TensorBoard logs (training.records)
 """
 
 import datetime
@@ -106,8 +109,8 @@ def write_history(run_dir, records):
 RUN_OUTPUTS = ("metrics.json", "model.keras", "model.decode.json",
                "best.weights.h5", "final.weights.h5", "history.jsonl",
                "results.csv", "results.png", "pr_curve.png",
-               "confusion_matrix.png", "evaluate.json", "tensorboard",
-               "backup")
+               "confusion_matrix.png", "val_predictions.png",
+               "class_names.json", "evaluate.json", "tensorboard", "backup")
 
 
 def clear_run_outputs(run_dir):

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from keras_yolo import metrics as coco_metrics
 from training import callbacks as callbacks_lib
+from training import records
 from training import resume as resume_lib
 from training import run as run_lib
 from training import strategy as strategy_lib
@@ -240,7 +241,7 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
           eval_every=1, eval_batch_size=None, steps_per_epoch=None,
           shuffle=True, seed=0, time_budget=None, backup_every="epoch",
           log_every=0, config=None, overwrite=False, verbose=0,
-          extra_callbacks=(), deterministic=False):
+          extra_callbacks=(), deterministic=False, progress=True):
     """Trains a detector and writes a run directory (see `training.run`).
 
     Args:
@@ -298,6 +299,7 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         extra_callbacks: more Keras callbacks, run after the built-in ones.
         deterministic: `tf.config.experimental.enable_op_determinism()`
             (bitwise-equal runs at some speed cost; process-wide).
+        progress: a progress bar per epoch (`training.records`).
 
     Returns:
         `TrainResult(model, run_dir, metrics, history)`; `metrics` is also
@@ -431,9 +433,23 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
             every_n_epochs=eval_every, num_classes=num_classes))
     # The guard first: a non-finite step stops before any callback saves.
     callbacks.insert(0, callbacks_lib.NonFiniteGuard(backup, best_path))
+    callbacks.append(records.LearningRates())
     if val_data is not None:
         callbacks.append(best)
     callbacks.append(run_lib.RunLogger(run_dir, epochs, log_every))
+    if chief:
+        callbacks += [records.ResultsWriter(run_dir),
+                      records.tensorboard(run_dir)]
+        if val_data is not None:
+            preview = next(iter(val_batches.unbatch().take(8).batch(8)))[0]
+            detect_fn = tf.function(
+                lambda x: postprocess(model(x, training=False)))
+            callbacks.append(records.PredictionImages(
+                run_dir, preview, detect_fn, bounding_box_format,
+                ema_weights))
+    if progress:
+        callbacks.append(records.ProgressBar(steps_per_epoch, batch_size,
+                                             epochs))
     if budget is not None:
         callbacks.append(budget)
     callbacks.append(backup)   # after the epoch's records, before extras
@@ -463,9 +479,19 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         start = time.perf_counter()
         final = coco_metrics.evaluate(detect, val_batches,
                                       bounding_box_format, num_classes,
-                                      return_per_class=True)
+                                      return_per_class=True,
+                                      return_pr_curve=True,
+                                      return_confusion_matrix=True)
         result["eval_seconds"] = round(time.perf_counter() - start, 2)
         result.update(final)
+        if chief:
+            table = records.write_final_records(
+                run_dir, result, (config or {}).get("class_names"))
+            print(table)
+            records.write_png(
+                os.path.join(run_dir, "val_predictions.png"),
+                records.prediction_grid_of(detect, preview,
+                                           bounding_box_format))
     try:
         run_lib.save_model_atomic(model, os.path.join(run_dir, "model.keras"))
         result["model_path"] = os.path.join(run_dir, "model.keras")
