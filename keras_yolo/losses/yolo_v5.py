@@ -5,12 +5,16 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
 from keras_yolo import boxes as box_ops
 from keras_yolo.anchors import STRIDES, YOLOV5_ANCHORS
 from keras_yolo.assign import groundtruth
 from keras_yolo.assign.yolo_v5 import build_targets
+
+try:  # TF's own test for "this graph is being compiled by XLA".
+    from tensorflow.python.ops import control_flow_util
+except ImportError:  # pragma: no cover - a TF without it: always masked
+    control_flow_util = None
 
 # ComputeLoss's per-level objectness weights: P3-P5, or P3-P7 for other
 # level counts (the first `levels` entries).
@@ -78,6 +82,15 @@ def _criterion(logits, targets, pos_weight, fl_gamma):
         alpha = targets * FOCAL_ALPHA + (1.0 - targets) * (1.0 - FOCAL_ALPHA)
         loss = loss * alpha * tf.pow(1.0 - p_t, fl_gamma)
     return loss
+
+
+def _compiling_with_xla():
+    """XLA compiles static shapes: there every padded slot stays, masked
+    (cost linear in the padded rows); elsewhere only positives are kept."""
+    if control_flow_util is None:
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph())
 
 
 @tf.custom_gradient
@@ -153,6 +166,16 @@ class YoloV5Loss(keras.losses.Loss):
     with b̂_xy = 2 sigmoid(t_xy) - 0.5, b̂_wh = (2 sigmoid(t_wh))² a (cells),
     BCE with `pos_weight` (`obj_pw`, `cls_pw`), focal-wrapped (gamma
     `fl_gamma`, alpha 0.25) when `fl_gamma > 0`.
+
+    Shapes and cost: the batch size and the box count `M` may be known only
+    at run time (a `padded_batch` dataset). Eagerly and in graph mode only
+    the positive (truth, anchor, cell) slots are gathered, so the cost is
+    the read of the predictions, the write of their gradient, and a term
+    linear in the real truths, whatever the padding. Under XLA (static
+    shapes) all `B M A 5` slots are computed and masked: the padding then
+    costs time, so keep `M` tight there. Ground truth goes through
+    `keras_yolo.assign.groundtruth.sanitize` (invalid rows raise eagerly,
+    are masked when compiled).
 
     Reduction: `loss(y_true, y_pred) = L_box + L_obj + L_cls`, means over
     positives and cells as above, so it does NOT grow with batch size.
@@ -340,9 +363,7 @@ class YoloV5Loss(keras.losses.Loss):
         if self.bounding_box_format != "rel_center_xywh":
             boxes = box_ops.convert(boxes, self.bounding_box_format,
                                     "rel_center_xywh", image_shape)
-        # XLA compiles static shapes: there every padded slot stays, masked.
-        compact = not control_flow_util.GraphOrParentsInXlaContext(
-            tf.compat.v1.get_default_graph())
+        compact = not _compiling_with_xla()
         balance = self.balance_state
         lbox = lobj = lcls = tf.zeros([], tf.float32)
         updated = []
