@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from keras_yolo.data import augment
-from keras_yolo.data.augment import geometry, mix
+from keras_yolo.data.augment import color, mix
 
 NUM_COLOURS = 24
 PALETTE = np.array([colorsys.hsv_to_rgb(i / NUM_COLOURS, 1.0, 1.0)
@@ -193,6 +193,28 @@ def test_flips_keep_boxes_on_objects(flip):
     assert_boxes_on_objects(out, new, labels, tolerance=0.0)
     axis = 1 if flip == "left_right" else 0
     np.testing.assert_array_equal(out.numpy(), np.flip(image, axis))
+
+
+def test_random_flip_follows_its_probabilities():
+    image, boxes, labels = scene(48, 64, 0, seed=3)
+    image, boxes = tf.constant(image), tf.constant(boxes)
+    out, new = augment.random_flip(image, boxes, (1, 2), fliplr=1.0,
+                                   flipud=1.0)
+    both = augment.flip_up_down(*augment.flip_left_right(image, boxes))
+    np.testing.assert_array_equal(out.numpy(), both[0].numpy())
+    np.testing.assert_allclose(new.numpy(), both[1].numpy())
+    out, new = augment.random_flip(image, boxes, (1, 2), fliplr=0.0)
+    np.testing.assert_array_equal(out.numpy(), image.numpy())
+
+
+def test_random_hsv_uses_ultralytics_gains():
+    image, _, _ = scene(32, 48, 0, seed=3)
+    gains = color.hsv_gains(tf.random.stateless_uniform([3], (4, 5)),
+                            0.1, 0.7, 0.4)
+    assert np.all(np.abs(gains.numpy() - 1) <= [0.1, 0.7, 0.4])
+    np.testing.assert_array_equal(
+        augment.random_hsv(image, (4, 5), 0.1, 0.7, 0.4).numpy(),
+        augment.adjust_hsv(image, gains).numpy())
 
 
 def test_keras_random_flip_agrees_with_ours():
