@@ -67,7 +67,8 @@ def run_demo(out=None, version="v5", image_size=128, num_classes=3,
         jit_compile = False
     recipe = recipes.make_recipe(version, num_classes, image_size)
     postprocess = recipe.postprocess()
-    val_batches = batch_dataset(val_ds, batch_size, shuffle=False)
+    val_batches = batch_dataset(val_ds, batch_size, shuffle=False,
+                                drop_remainder=False)
 
     t = time.perf_counter()
     untrained = recipe.build_model()
