@@ -284,8 +284,14 @@ def resize_long_side(image, boxes, size):
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     ratio = tf.cast(size, tf.float32) / tf.reduce_max(shape)
     new = tf.cast(tf.math.ceil(shape * ratio - 1e-3), tf.int32)
-    resized = tf.image.resize(image, new, method="bilinear")
-    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    def resize():
+        resized = tf.image.resize(image, new, method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    # Already sized (e.g. a cache of resized images): skip, as ultralytics.
+    resized = tf.cond(tf.equal(ratio, 1.0), lambda: tf.cast(image, tf.uint8),
+                      resize)
     factor = tf.cast(new, tf.float32) / shape
     scaled = tf.cast(boxes, tf.float32) * tf.stack(
         [factor[1], factor[0], factor[1], factor[0]])
