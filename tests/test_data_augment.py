@@ -319,7 +319,10 @@ def test_pipeline_without_mosaic_is_the_letterbox():
 
 def test_mosaic_probability_is_switched_by_a_variable():
     mosaic = tf.Variable(1.0, trainable=False)
-    hyp = dict(NO_COLOUR, mosaic=mosaic, translate=0.0, scale=0.0, fliplr=0.0)
+    # Any hyperparameter may be a variable.
+    hyp = dict(NO_COLOUR, mosaic=mosaic, translate=0.0, scale=0.0, fliplr=0.0,
+               degrees=tf.Variable(0.0), hsv_v=tf.Variable(0.0),
+               mixup=tf.Variable(0.0))
     ds = augment.training_pipeline(dataset_of(eight_scenes()), 160, seed=0,
                                    hyperparameters=hyp, shuffle_buffer=0)
 

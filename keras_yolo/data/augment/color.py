@@ -35,7 +35,7 @@ def adjust_hsv(image, gains):
 
 def hsv_gains(draws, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4):
     """Gains `1 + (2u - 1) x (hsv_h, hsv_s, hsv_v)` from `(..., 3)` uniforms."""
-    spread = tf.constant([hsv_h, hsv_s, hsv_v], tf.float32)
+    spread = tf.stack([tf.cast(v, tf.float32) for v in (hsv_h, hsv_s, hsv_v)])
     return 1.0 + (2.0 * tf.cast(draws, tf.float32) - 1.0) * spread
 
 

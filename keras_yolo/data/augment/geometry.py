@@ -83,6 +83,9 @@ def perspective_matrix(canvas_size, output_size, draws, degrees=0.0,
         the scale `s` (for `box_candidates`).
     """
     draws = tf.cast(draws, tf.float64)
+    degrees, translate, scale, shear, perspective = (
+        tf.cast(v, tf.float64)  # floats or tf.Variables
+        for v in (degrees, translate, scale, shear, perspective))
     canvas = tf.cast(canvas_size, tf.float64)
     output = tf.cast(output_size, tf.float64)
 
