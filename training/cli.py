@@ -212,11 +212,13 @@ def add_train_parser(subparsers):
                         help="lr0 (default 0.01 for sgd, 2e-3 for adam(w))")
     parser.add_argument("--final-fraction", type=float, default=0.01,
                         help="lrf: last learning rate / lr0")
-    parser.add_argument("--schedule", default="linear",
+    parser.add_argument("--schedule",
                         choices=["linear", "cosine", "sgdr", "constant"],
-                        help="decay after warmup (sgdr: sgd only)")
-    parser.add_argument("--warmup-epochs", type=float, default=3.0,
-                        help="sgd: at least 100 steps")
+                        help="decay after warmup (default linear for sgd, "
+                        "cosine for adam(w); sgdr: sgd only)")
+    parser.add_argument("--warmup-epochs", type=float,
+                        help="default 3 for sgd (at least 100 steps), 1 "
+                        "for adam(w)")
     parser.add_argument("--warmup-bias-lr", type=float, default=0.1)
     parser.add_argument("--warmup-momentum", type=float, default=0.8)
     parser.add_argument("--momentum", type=float, default=0.937)

@@ -232,7 +232,7 @@ def _instantiate(thing, kind):
 def train(model, loss, train_data, *, val_data=None, epochs=10,
           batch_size=16, optimizer="sgd", learning_rate=0.01,
           momentum=SGD_MOMENTUM, weight_decay=WEIGHT_DECAY,
-          schedule="linear", warmup_epochs=3.0, final_fraction=0.01,
+          schedule=None, warmup_epochs=None, final_fraction=0.01,
           warmup_bias_lr=0.1, warmup_momentum=0.8, min_warmup_steps=100,
           nominal_batch_size=64, clip_norm=CLIP_NORM,
           ema=True, ema_momentum="auto", strategy="auto", jit_compile="auto",
@@ -263,9 +263,11 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
             kernels, global clip `clip_norm`, ModelEMA); `"adamw"`,
             `"adam"`: Keras' with `WarmupDecay` (per step, from zero).
         learning_rate: lr0, the peak learning rate.
-        schedule: `"linear"` (yolov5's default), `"cosine"`, `"sgdr"`
-            (sgd only) or `"constant"` after warmup.
-        warmup_epochs: warmup length in epochs (fractions allowed).
+        schedule: `"linear"`, `"cosine"`, `"sgdr"` (sgd only) or
+            `"constant"` after warmup; None: "linear" for sgd (yolov5's
+            default), "cosine" for adam(w).
+        warmup_epochs: warmup length in epochs (fractions allowed); None:
+            3 for sgd (yolov5), 1 for adam(w).
         final_fraction: last learning rate / peak (ultralytics' `lrf`).
         ema: keep an exponential moving average of the weights (Keras'
             `use_ema`); evaluation and the saved model use it.
@@ -357,6 +359,10 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
                 "the training dataset's length is unknown or smaller than "
                 f"batch_size={batch_size}; pass `steps_per_epoch`.")
     total_steps = epochs * steps_per_epoch
+    if schedule is None:
+        schedule = "linear" if optimizer == "sgd" else "cosine"
+    if warmup_epochs is None:
+        warmup_epochs = 3.0 if optimizer == "sgd" else 1.0
     if optimizer == "sgd":
         lr = YoloV5Schedule(
             learning_rate, epochs, steps_per_epoch, schedule, final_fraction,
