@@ -63,7 +63,8 @@ def test_unknown_grid_size_is_checked_against_grid_size_at_run_time():
     boxes, labels, raw = random_case(rng, 2, S, NB, C, 4)
     want = sum(seed_loss_np(boxes, labels, raw, S, NB, C).values())
     assert float(fn(boxes, labels, raw)) == pytest.approx(want, rel=1e-5)
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"YoloV1Loss\(grid_size={S}.*\(batch, {S}, {S}"):
         fn(boxes, labels, np.zeros((2, S + 1, S + 1, DEPTH), np.float32))
     decode = tf.function(YoloV1Decode(C, S, NB), input_signature=[
         tf.TensorSpec((None, None, None, DEPTH))])
@@ -101,11 +102,10 @@ HOSTILE = [50.0, -50.0, 1e4, -1e4, 0.0]
 
 
 @pytest.mark.parametrize("options, dtype", [
-    (dict(), "float32"), (dict(), "float16"), (dict(), "bfloat16"),
+    (dict(), "float32"), (dict(), "float16"),
     (dict(darknet_compat=True), "float32"),
-    (dict(darknet_compat=True), "float16"),
     (dict(darknet_compat=True), "bfloat16"),
-    (dict(darknet_compat=True, sqrt=False, softmax=True), "float32")],
+    (dict(darknet_compat=True, sqrt=False, softmax=True), "float16")],
     ids=lambda p: p if isinstance(p, str) else "-".join(
         f"{k}={v}" for k, v in p.items()) or "seed")
 def test_hostile_raw_outputs_give_finite_loss_and_gradients(options, dtype):
@@ -181,9 +181,11 @@ def test_fit_on_padded_batch_with_changing_box_count(jit_compile):
     # Learning rate 0: fit's loss must equal the eager loss of each batch.
     model.compile(keras.optimizers.SGD(0.0), loss=loss,
                   jit_compile=jit_compile)
-    ds = padded_batch_dataset(32, [1, 3, 2, 5, 0, 4, 2], batch_size=2)
+    # M = 3, 5, then a last batch of one image with M = 2; XLA compiles
+    # once per shape, so few batches keep the test short.
+    ds = padded_batch_dataset(32, [1, 3, 5, 0, 2], batch_size=2)
     assert ds.element_spec[1]["boxes"].shape.as_list() == [None, None, 4]
-    assert sorted({int(y["labels"].shape[1]) for _, y in ds}) == [2, 3, 4, 5]
+    assert [tuple(y["labels"].shape) for _, y in ds] == [(2, 3), (2, 5), (1, 2)]
     history = model.fit(ds, epochs=1, verbose=0)
     values, sizes = [], []
     for images, y in ds:

@@ -74,6 +74,22 @@ def split_raw(raw, boxes_per_cell, num_classes):
     return boxes, raw[..., boxes_per_cell * 5:]
 
 
+def ensure_raw_shape(raw, grid_size, boxes_per_cell, num_classes, owner):
+    """Gives a raw output whose grid or depth is unknown at trace time its
+    static shape `(B, S, S, Bx*5 + C)`, checked at run time (the message
+    names `owner`'s arguments); a statically known shape passes unchanged."""
+    s, n, c = grid_size, boxes_per_cell, num_classes
+    if raw.shape.rank != 4 or None not in raw.shape[1:]:
+        return raw
+    expected = [s, s, n * 5 + c]
+    check = tf.debugging.assert_equal(
+        tf.shape(raw)[1:], tf.constant(expected), message=(
+            f"{owner}(grid_size={s}, boxes_per_cell={n}, num_classes={c}) "
+            f"expects raw outputs of shape (batch, {s}, {s}, {n * 5 + c})"))
+    with tf.control_dependencies([check]):
+        return tf.ensure_shape(tf.identity(raw), [None] + expected)
+
+
 def parametrize(raw, boxes_per_cell, num_classes, parametrization="logistic",
                 sqrt=None, softmax=None):
     """Applies a parametrisation to the raw output (float32).
@@ -186,9 +202,8 @@ class YoloV1Decode(keras.layers.Layer):
 
     def call(self, raw):
         s, n, c = self.grid_size, self.boxes_per_cell, self.num_classes
-        raw = tf.cast(raw, tf.float32)
-        if raw.shape.rank == 4 and None in raw.shape[1:]:
-            raw = tf.ensure_shape(raw, [None, s, s, n * 5 + c])
+        raw = ensure_raw_shape(tf.cast(raw, tf.float32), s, n, c,
+                               "YoloV1Decode")
         if raw.shape[1] != s or raw.shape[2] != s:
             raise ValueError(
                 f"YoloV1Decode(grid_size={s}) got raw output of shape "

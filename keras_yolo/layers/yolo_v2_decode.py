@@ -120,6 +120,9 @@ class YoloV2Decode(keras.layers.Layer):
                     f"YoloV2Decode expects one level; got {len(inputs)}.")
             inputs = inputs[0]
         raw = tf.cast(inputs, tf.float32)
+        if raw.shape.rank == 5 and raw.shape[3] is None:
+            raw = tf.ensure_shape(raw, [None, None, None,
+                                        len(self.anchors[0]), None])
         if raw.shape.rank != 5 or raw.shape[3] != len(self.anchors[0]):
             raise ValueError(
                 f"YoloV2Decode expects (B, H, W, {len(self.anchors[0])}, 5 + C)"

@@ -7,7 +7,8 @@ from keras_yolo import boxes as box_ops
 from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v1 as assign
 from keras_yolo.layers.yolo_v1_decode import (
-    _check_format, _check_positive_int, parametrize, split_raw)
+    _check_format, _check_positive_int, ensure_raw_shape, parametrize,
+    split_raw)
 
 # Darknet's cfg/yolov1.cfg [detection] section, used by darknet_compat=True
 # for every darknet argument left at None (coord_scale and noobject_scale
@@ -156,10 +157,7 @@ class YoloV1Loss(keras.losses.Loss):
     def _per_image_terms(self, y_true, y_pred):
         s, n, c = self.grid_size, self.boxes_per_cell, self.num_classes
         y_pred = tf.convert_to_tensor(y_pred)
-        if y_pred.shape.rank == 4 and None in y_pred.shape[1:]:
-            # Sizes unknown at trace time: S and the depth come from the
-            # constructor, so check them at run time instead.
-            y_pred = tf.ensure_shape(y_pred, [None, s, s, n * 5 + c])
+        y_pred = ensure_raw_shape(y_pred, s, n, c, "YoloV1Loss")
         if y_pred.shape.rank != 4 or tuple(y_pred.shape[1:]) != (s, s, n * 5 + c):
             raise ValueError(
                 f"YoloV1Loss(grid_size={s}, boxes_per_cell={n}, num_classes="

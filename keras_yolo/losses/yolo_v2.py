@@ -129,6 +129,23 @@ class YoloV2Loss(keras.losses.Loss):
     the sum is averaged over the batch (divided by B); multiply by B for
     darknet's per-batch sum.
 
+    Sizes: the batch size, the number of truths M and the grid may all be
+    unknown when the step is traced (a `padded_batch` pipeline); static sizes
+    are used where known. Ground truth goes through
+    `keras_yolo.assign.groundtruth.sanitize`: an invalid row (label
+    `>= num_classes`, NaN coordinate, size `<= 0`, box outside the image)
+    raises `GroundTruthError` eagerly and is masked out (as padding) inside a
+    compiled step.
+
+    Finiteness, for any finite raw output: `e^t` is only ever taken of
+    `t_w, t_h` clipped to `±MAX_LOG_SCALE` (20) for the decoded boxes and
+    IoUs, and the seed's size error `(w - p e^t)²` is exact while
+    `p e^t <= max(MAX_PREDICTED_CELLS, 2 w)` (64 grid cells) and continues
+    along its tangent beyond, so a huge `t` is pulled down with a bounded
+    gradient. The seed's formula as written, and darknet, overflow there
+    (darknet's `exp` at `t ≈ 88`; NaN IoUs from `inf * 0` areas): on that
+    range ours is finite and the references are not.
+
     Args:
         num_classes: C.
         anchors: `(1, A, 2)` anchor `(w, h)` in input pixels. Default
