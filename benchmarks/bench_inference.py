@@ -195,6 +195,11 @@ def _write(path, results):
 def latency(args):
     import tensorflow as tf
 
+    # Same threads for every contestant: torch with 2 threads slows 10x
+    # when the 2 cores are shared (PEERS.md); set before TF runs any op.
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import yolov5_reference
 
@@ -253,8 +258,12 @@ def latency(args):
            for p in args.tflite},
         "ultralytics": lambda b: peer_call(images[b]),
     }
-    counts = {name: {b: len(_count(fn(b), name)) for b in args.batch}
+    counts = {name: {b: sum(_count(fn(b), name)) for b in args.batch}
               for name, fn in contestants.items()}  # warm up, and check
+    with torch.no_grad():  # how much work NMS has (objectness > conf)
+        pred = peer(torch.from_numpy(images[args.batch[0]].transpose(
+            0, 3, 1, 2).copy()))[0]
+        candidates = int((pred[..., 4] > args.conf).sum())
     times = {name: {b: [] for b in args.batch} for name in contestants}
     load_before = load_average()
     for _ in range(args.rounds):  # alternating rounds
@@ -264,7 +273,8 @@ def latency(args):
                 fn(b)
                 times[name][b].append(time.perf_counter() - start)
     results = {"size": size, "rounds": args.rounds, "threads": args.threads,
-               "nms": nms, "load_before": load_before,
+               "nms": nms, "nms_candidates_batch_%d" % args.batch[0]:
+               candidates, "load_before": load_before,
                "load_after": load_average(), "detections": counts,
                "median_ms": {n: {b: round(1e3 * statistics.median(t), 1)
                                  for b, t in v.items()}
@@ -309,7 +319,9 @@ def main(argv=None):
     lat.add_argument("--size", type=int, default=640)
     lat.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     lat.add_argument("--rounds", type=int, default=10)
-    lat.add_argument("--threads", type=int, default=2)
+    lat.add_argument("--threads", type=int, default=1,
+                     help="threads of every contestant (default 1: fair "
+                     "on a shared machine)")
     lat.add_argument("--tflite", nargs="*", default=["fp32", "fp16"])
     lat.add_argument("--conf", type=float, default=0.25)
     lat.add_argument("--iou", type=float, default=0.45)
