@@ -134,7 +134,7 @@ def plot_confusion_matrix(matrix, names, path, normalize=True):
 
 
 def prediction_grid(images, boxes, classes, num_detections, cols=4,
-                    scores=None, min_score=0.25, thickness=1):
+                    scores=None, min_score=0.25, thickness=1, min_size=None):
     """Tiles `images` into one picture with each image's boxes drawn.
 
     Args:
@@ -143,6 +143,8 @@ def prediction_grid(images, boxes, classes, num_detections, cols=4,
         classes: `(B, K)` class ids (colour per class); -1 pads.
         num_detections: `(B,)` valid rows.
         scores: `(B, K)`; boxes scoring below `min_score` are not drawn.
+        min_size: enlarge small images (by an integer factor, nearest
+            neighbour) to at least this many pixels on their long side.
 
     Returns:
         `(rows * H, cols * W, 3)` uint8.
@@ -150,8 +152,12 @@ def prediction_grid(images, boxes, classes, num_detections, cols=4,
     images = np.asarray(images)
     if images.dtype != np.uint8:
         images = (np.clip(images, 0, 1) * 255).astype(np.uint8)
-    images = images.copy()
     b, h, w, _ = images.shape
+    if min_size and max(h, w) < min_size:
+        factor = -(-int(min_size) // max(h, w))
+        images = images.repeat(factor, 1).repeat(factor, 2)
+        b, h, w, _ = images.shape
+    images = images.copy()
     boxes = np.asarray(boxes, np.float64)
     classes = np.asarray(classes)
     for i in range(b):

@@ -164,7 +164,7 @@ def prediction_grid_of(detect, images, bounding_box_format, cols=4):
         np.asarray(images), _rel_xyxy(out["boxes"], bounding_box_format,
                                       shape),
         out["classes"], out["num_detections"], cols=cols,
-        scores=out["scores"])
+        scores=out["scores"], thickness=2, min_size=192)
 
 
 def write_png(path, image):
@@ -242,7 +242,7 @@ def write_final_records(run_dir, result, class_names):
     """After the final evaluation (`evaluate(..., return_per_class=True,
     return_pr_curve=True, return_confusion_matrix=True)`): writes
     pr_curve.png and confusion_matrix.png, adds `per_class` to `result`
-    (in place, dropping the raw curves) and logs the per-class table."""
+    (in place, dropping the raw curves); returns the per-class table."""
     names = class_names_or_ids(class_names, len(result["per_class_map"]))
     result["per_class"] = per_class(result, names)
     recall = result.pop("pr_recall", None)
@@ -257,7 +257,5 @@ def write_final_records(run_dir, result, class_names):
                 os.path.join(run_dir, "confusion_matrix.png"))
     except Exception as error:  # noqa: BLE001 - a plot never loses a run
         _logger.warning("final plots: %s", error)
-    table = per_class_table(result["per_class"], result)
-    _logger.info("per-class AP (EMA weights, %d images):\n%s",
-                 result.get("num_images", 0), table)
-    return table
+    return (f"per-class AP ({result.get('num_images', 0)} validation "
+            f"images):\n{per_class_table(result['per_class'], result)}")
