@@ -237,7 +237,7 @@ def _strip_padding(image, boxes, labels):
 
 
 def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
-                      pool_size=8, shuffle_buffer=32):
+                      pool_size=8, shuffle_buffer=16):
     """ultralytics' training augmentation on a `tf.data.Dataset`.
 
     Args:
@@ -249,7 +249,9 @@ def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
         hyperparameters: dict overriding `DEFAULT_HYPERPARAMETERS`
             (ultralytics' names; values may be `tf.Variable`s).
         pool_size: images batched into one pool for Mosaic/MixUp/CutMix.
-        shuffle_buffer: outputs shuffled after augmentation (0: none).
+        shuffle_buffer: outputs shuffled after augmentation (0: none); a
+            fresh iterator (each `model.fit` epoch) fills it before its first
+            output, so it is kept small.
 
     Returns:
         Unbatched `tf.data.Dataset` of `(image uint8 (S, S, 3),
