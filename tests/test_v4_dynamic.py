@@ -80,6 +80,8 @@ def test_loss_with_unknown_batch_box_count_and_grid_equals_eager(jit):
         want = values_and_grads(losses, tf.constant(boxes),
                                 tf.constant(labels), levels)  # static shapes
         assert_same(step(boxes, labels, levels), want)
+        if jit:
+            continue  # (each new shape is one more slow XLA compile)
         # More padding rows change nothing.
         more = (np.pad(boxes, ((0, 0), (0, 4), (0, 0))),
                 np.pad(labels, ((0, 0), (0, 4)), constant_values=-1))
@@ -154,7 +156,8 @@ def hostile(scale, seed=3):
     return raw, boxes, labels
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", pytest.param(
+    "bfloat16", marks=pytest.mark.slow)])
 def test_hostile_outputs_give_finite_loss_and_gradients(dtype):
     losses = both_modes()
     for scale in SCALES:

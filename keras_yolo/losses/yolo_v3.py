@@ -298,12 +298,15 @@ class YoloV3Loss(keras.losses.Loss):
             per_slot = tf.reduce_sum(
                 tf.square(tf.concat([t_xy, t_wh], -1) - raw[..., 0:4]), -1)
             gate = self._gate(truth, pred, anchors, size * stride)
-        box = tf.reduce_sum(pos * gate * weight * per_slot)
+        # `where`, not a product: a masked slot's square of a huge raw
+        # output (inf) must not turn into 0 * inf = NaN.
+        box = tf.reduce_sum(tf.where(positive, gate * weight * per_slot, 0.0))
 
         ignored = assign.ignore_mask(best_iou, self.ignore_thresh)
         obj_weight = pos + (1.0 - pos) * (1.0 - ignored)
         obj = tf.reduce_sum(obj_weight * _bce(pos, raw[..., 4]))
-        cls = tf.reduce_sum(pos[..., None] * _bce(classes, raw[..., 5:]))
+        cls = tf.reduce_sum(tf.where(positive[..., None],
+                                     _bce(classes, raw[..., 5:]), 0.0))
         return {"box": box, "obj": obj, "cls": cls}
 
     def _gate(self, truth, pred, anchors, image_wh):
