@@ -186,10 +186,10 @@ class YoloV1Decode(keras.layers.Layer):
                  parametrization="logistic", sqrt=None, softmax=None,
                  **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("grid_size", grid_size)
-        _check_positive_int("boxes_per_cell", boxes_per_cell)
-        _check_format(bounding_box_format, image_shape)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("grid_size", grid_size)
+        check_positive_int("boxes_per_cell", boxes_per_cell)
+        check_format(bounding_box_format, image_shape)
         resolve_options(parametrization, sqrt, softmax)
         self.num_classes = num_classes
         self.grid_size = grid_size
@@ -254,12 +254,15 @@ class YoloV1Decode(keras.layers.Layer):
         return config
 
 
-def _check_positive_int(name, value):
+def check_positive_int(name, value):
+    """Raises a ValueError naming `name` unless `value` is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
 
 
-def _check_format(bounding_box_format, image_shape):
+def check_format(bounding_box_format, image_shape):
+    """Raises a ValueError for an unknown format, or a pixel format without
+    `image_shape`."""
     if bounding_box_format not in box_ops.FORMATS:
         raise ValueError(
             f"`bounding_box_format` must be one of {box_ops.FORMATS}; got "

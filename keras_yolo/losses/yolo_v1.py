@@ -7,7 +7,7 @@ from keras_yolo import boxes as box_ops
 from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v1 as assign
 from keras_yolo.layers.yolo_v1_decode import (
-    _check_format, _check_positive_int, ensure_raw_shape, parametrize,
+    check_format, check_positive_int, ensure_raw_shape, parametrize,
     split_raw)
 
 # Darknet's cfg/yolov1.cfg [detection] section, used by darknet_compat=True
@@ -110,14 +110,14 @@ class YoloV1Loss(keras.losses.Loss):
                  class_scale=None, rescore=None, sqrt=None, softmax=None,
                  name="yolo_v1_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("grid_size", grid_size)
-        _check_positive_int("boxes_per_cell", boxes_per_cell)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("grid_size", grid_size)
+        check_positive_int("boxes_per_cell", boxes_per_cell)
         for arg, value in (("lambda_coord", lambda_coord),
                            ("lambda_noobj", lambda_noobj)):
             if not value >= 0:
                 raise ValueError(f"`{arg}` must be >= 0; got {value!r}.")
-        _check_format(bounding_box_format, image_shape)
+        check_format(bounding_box_format, image_shape)
         darknet = dict(coord_scale=coord_scale, object_scale=object_scale,
                        noobject_scale=noobject_scale, class_scale=class_scale,
                        rescore=rescore, sqrt=sqrt, softmax=softmax)
