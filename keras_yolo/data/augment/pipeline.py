@@ -20,6 +20,10 @@ replacement) and its MixUp/CutMix partner from that pool. So an epoch yields
 one output per input image, as ultralytics does, and each image is decoded
 once (ultralytics decodes four per mosaic). Outputs are then shuffled in a
 `shuffle_buffer` so a training batch does not hold one pool's mosaics only.
+The price: an image's (about four) appearances fall within a few consecutive
+outputs, so a batch often shows one image twice in different mosaics, where
+ultralytics spreads them over the epoch; a larger `shuffle_buffer` spreads
+them further (memory S x S x 3 bytes an output, filled before the first).
 
 Randomness is stateless: each element's seed is derived from `seed` and a
 `tf.data.Dataset.random` stream, so a run is reproducible, and each epoch (new
