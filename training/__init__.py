@@ -14,6 +14,8 @@ import importlib
 _EXPORTS = {
     "make_run_dir": "training.run", "read_history": "training.run",
     "setup_logging": "training.run", "WarmupDecay": "training.schedules",
+    "YoloV5Schedule": "training.schedules", "WarmRestarts": "training.schedules",
+    "YoloSGD": "training.optimizer",
     "STRATEGIES": "training.strategy", "jit_compile_works": "training.strategy",
     "make_strategy": "training.strategy",
     "resolve_jit_compile": "training.strategy",

@@ -3,6 +3,7 @@ from keras_yolo.layers.yolo_v1_decode import YoloV1Decode
 from keras_yolo.layers.activations import Mish, activation_function
 from keras_yolo.layers.anchor_split import AnchorSplit
 from keras_yolo.layers.channel_group import ChannelGroup
+from keras_yolo.layers.cmbn import CmBatchNormalization
 from keras_yolo.layers.conv_bn import ConvBNAct
 from keras_yolo.layers.csp import (apply_bottleneck, apply_c3, apply_csp_stage, apply_darknet_stage,
                                    apply_tiny_csp_block)
