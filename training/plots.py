@@ -38,6 +38,8 @@ def plot_results(history, path):
     against the epoch (points where a value was measured, e.g. mAP only on
     evaluation epochs). Returns the keys drawn."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     keys = [(k, t) for k, t in RESULT_PANELS
             if any(k in h for h in history)]
     if not keys:
@@ -54,6 +56,7 @@ def plot_results(history, path):
             ax.plot(x, y, marker="o", markersize=3, linewidth=1.5)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
