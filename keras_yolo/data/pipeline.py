@@ -32,8 +32,10 @@ from keras_yolo.data.shapes import CLASS_NAMES, generate
 
 _logger = logging.getLogger("keras_yolo")
 
-# Worst case rows per augmented image: mosaic (4 images) then mixup (x2).
-AUGMENT_BOX_FACTOR = 8
+# Worst case rows per augmented image, in units of the most boxes of one
+# image: a mosaic (4 images), plus a MixUp partner mosaic (4) and a CutMix
+# partner mosaic (4). The v5 loss costs follow real rows, not padding.
+AUGMENT_BOX_FACTOR = 12
 # Images held to shuffle a cached dataset (uncached: the indices shuffle).
 CACHED_SHUFFLE_BUFFER = 1024
 
