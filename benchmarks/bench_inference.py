@@ -3,7 +3,7 @@
     # fp32/fp16/int8 TFLite against the Keras model on the shapes validation
     # set (mAP@0.5:0.95 delta, box differences, latency, file size):
     python benchmarks/bench_inference.py accuracy --model runs/demo/model.keras \
-        --export runs/demo/export [--int8-all]
+        --export runs/demo/export [--int8-variants --calibration-images D]
 
     # SavedModel and TFLite latency at 640 px, batch 1 and 8, decode + NMS
     # included, against ultralytics yolov5n (fused forward +
@@ -120,8 +120,16 @@ def accuracy(args):
                       bounding_box_format="xyxy").batch(16).cache()
     files = {p: os.path.join(args.export, f"model_{p}.tflite")
              for p in ("fp32", "fp16", "int8")}
-    if args.int8_all:
-        files["int8_all"] = _int8_all(model, config, nms, args, size)
+    if args.int8_variants:
+        # What must stay float: nothing (all int8), the default (decoding
+        # and NMS), the default plus the head convolutions.
+        from serving.export import INT8_FLOAT_SCOPES
+
+        for name, scopes in (("int8_all", ()),
+                             ("int8_head_float",
+                              (*INT8_FLOAT_SCOPES, "head"))):
+            files[name] = _int8_variant(model, config, nms, args, size,
+                                        name, scopes)
     results = {"load_before": load_average(), "model": args.model,
                "val_images": args.val_images, "nms": nms}
     detections = {}
@@ -164,19 +172,19 @@ def accuracy(args):
     del tf
 
 
-def _int8_all(model, config, nms, args, size):
-    """The int8 file with nothing kept float (decoding quantized too)."""
+def _int8_variant(model, config, nms, args, size, name, scopes):
+    """An int8 file whose ops named under `scopes` stay float."""
     import serving.export as export_lib
     from serving.detector import build_detector
     from serving.signatures import DetectorModule
 
     module = DetectorModule(build_detector(model, config, "xyxy", **nms),
                             ["x"] * int(config["num_classes"]))
-    path = os.path.join(args.export, "model_int8_all.tflite")
+    path = os.path.join(args.export, f"model_{name}.tflite")
     calibration = export_lib.calibration_dataset(args.calibration_images,
                                                  (size, size))
     saved = export_lib.INT8_FLOAT_SCOPES
-    export_lib.INT8_FLOAT_SCOPES = ()
+    export_lib.INT8_FLOAT_SCOPES = tuple(scopes)
     try:
         export_lib.export_tflite(module, path, "int8", calibration)
     finally:
@@ -310,10 +318,11 @@ def main(argv=None):
     acc.add_argument("--val-images", type=int, default=128)
     acc.add_argument("--val-seed", type=int, default=1000,
                      help="the demo's validation seed (seed + 1000)")
-    acc.add_argument("--int8-all", action="store_true",
-                     help="also build and score a fully int8 file")
+    acc.add_argument("--int8-variants", action="store_true",
+                     help="also build and score int8 files with nothing, "
+                     "or also the head convolutions, kept float")
     acc.add_argument("--calibration-images",
-                     help="for --int8-all (as the export's)")
+                     help="for --int8-variants (as the export's)")
     acc.add_argument("--report")
     lat = sub.add_parser("latency", help="640 px latency vs ultralytics")
     lat.add_argument("--size", type=int, default=640)

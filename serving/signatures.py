@@ -105,7 +105,11 @@ class DetectorModule(tf.Module):
     def __init__(self, detector, class_names, bounding_box_format="xyxy",
                  assets=()):
         super().__init__(name="keras_yolo_detector")
-        self.detector = detector
+        # Only the detector's own variables are saved: tracking the Keras
+        # model would also save a compiled model's optimizer slots (3x the
+        # size after training).
+        self._get_detector = lambda: detector
+        self.model_variables = list(detector.variables)
         self.input_size = tuple(int(s) for s in detector.input_shape[1:3])
         self.bounding_box_format = bounding_box_format
         self.class_names = tf.constant([str(n) for n in class_names])
@@ -122,6 +126,10 @@ class DetectorModule(tf.Module):
             self._serve_tflite,
             input_signature=[tf.TensorSpec([1, *self.input_size, 3],
                                            tf.float32, name="images")])
+
+    @property
+    def detector(self):
+        return self._get_detector()
 
     def _xyxy_pixels(self, boxes):
         if self.bounding_box_format == "xyxy":
