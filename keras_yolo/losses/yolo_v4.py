@@ -355,6 +355,10 @@ class YoloV4Loss(keras.losses.Loss):
         return levels
 
     def _truths(self, y_true, image_shape):
+        if not isinstance(y_true, dict) or not {"boxes", "labels"} <= set(
+                y_true):
+            raise ValueError("`y_true` must be a dict with keys 'boxes' and "
+                             f"'labels'; got {type(y_true).__name__}.")
         # The one ground-truth policy: invalid rows raise eagerly, are
         # padding (label -1) inside a compiled step; never silently dropped.
         boxes, labels = groundtruth.sanitize(
