@@ -193,3 +193,30 @@ def test_fit_on_padded_batch_with_changing_box_count(jit_compile):
         sizes.append(int(images.shape[0]))
     want = np.average(values, weights=sizes)
     assert history.history["loss"][0] == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_fit_under_a_mixed_precision_policy(policy):
+    from keras_yolo.models.small_v1 import small_v1
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = small_v1(num_classes=C, grid_size=S, boxes_per_cell=NB,
+                         input_size=32, filters=(4, 4, 4), hidden_units=8,
+                         dropout=0.0, batch_norm_momentum=None)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    loss = YoloV1Loss(C, S, NB)
+    model.compile(keras.optimizers.SGD(0.0), loss=loss)
+    ds = padded_batch_dataset(32, [1, 3, 5, 0, 2], batch_size=2)
+    history = model.fit(ds, epochs=1, verbose=0)
+    values, sizes = [], []
+    # The convolutions compute in half precision (the head casts to float32).
+    half = policy.split("_")[1]
+    assert any(layer.compute_dtype == half for layer in model.layers)
+    for images, y in ds:
+        values.append(float(loss(y, model(images, training=True))))
+        sizes.append(int(images.shape[0]))
+    assert np.isfinite(history.history["loss"][0])
+    assert history.history["loss"][0] == pytest.approx(
+        np.average(values, weights=sizes), rel=1e-5)

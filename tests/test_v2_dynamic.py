@@ -207,3 +207,26 @@ def test_fit_on_padded_batch_with_changing_box_count(compat, jit_compile):
         sizes.append(int(images.shape[0]))
     want = np.average(values, weights=sizes)
     assert history.history["loss"][0] == pytest.approx(want, rel=1e-5)
+
+
+def test_fit_under_mixed_float16():
+    from keras_yolo.models.small_v2 import small_v2
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = small_v2(num_classes=3, num_anchors=A, input_size=64, width=2,
+                         passthrough_filters=2)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert any(layer.compute_dtype == "float16" for layer in model.layers)
+    loss = YoloV2Loss(num_classes=3, anchors=ANCHORS)
+    model.compile(keras.optimizers.SGD(0.0), loss=loss)
+    ds = padded_batch_dataset(64, [1, 3, 5, 0, 2], batch_size=2)
+    history = model.fit(ds, epochs=1, verbose=0)
+    values, sizes = [], []
+    for images, y in ds:
+        values.append(float(loss(y, model(images, training=True))))
+        sizes.append(int(images.shape[0]))
+    assert np.isfinite(history.history["loss"][0])
+    assert history.history["loss"][0] == pytest.approx(
+        np.average(values, weights=sizes), rel=1e-5)
