@@ -180,3 +180,25 @@ def test_decoder_outputs_finite_for_any_raw_value():
                 assert np.all(np.isfinite(value.numpy())), (dtype, key)
             # The NaN cell decodes as an empty box with zero objectness.
             assert float(out["objectness"][0, 0]) == 0.0
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_policy_keeps_the_loss_in_float32(policy):
+    import keras
+
+    boxes, labels = _truth(True)
+    raw = [r * 1e-4 for r in _raw("mixed_1e4")]  # logits around +-1
+    expected = float(YoloV5Loss(num_classes=NUM_CLASSES, anchors=ANCHORS)(
+        {"boxes": boxes, "labels": labels}, raw))
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        loss = YoloV5Loss(num_classes=NUM_CLASSES, anchors=ANCHORS)
+        half = [tf.cast(r, policy.split("_")[1]) for r in raw]
+        value = loss({"boxes": boxes, "labels": labels}, half)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    # Only the raw outputs are rounded to half precision; the boxes and the
+    # arithmetic stay float32.
+    assert loss.dtype == "float32" and value.dtype == tf.float32
+    assert float(value) == pytest.approx(expected, rel=1e-3)
