@@ -81,8 +81,11 @@ class YoloModel(keras.Model):
         num_classes = getattr(self.loss, "num_classes", None)
         box_format = getattr(self.loss, "bounding_box_format", None)
         if num_classes is not None and box_format is not None:
-            self.invalid_boxes_tracker.update_state(
-                groundtruth.count_invalid(y, num_classes, box_format))
+            image_shape = None
+            if x is not None and not isinstance(x, (dict, list, tuple)):
+                image_shape = tf.shape(x)[1:3]   # pixel formats' far edges
+            self.invalid_boxes_tracker.update_state(groundtruth.count_invalid(
+                y, num_classes, box_format, image_shape))
         total = self._loss_with_terms(y, y_pred)
         if self.losses:
             total = total + keras.ops.sum(self.losses)
