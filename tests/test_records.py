@@ -38,8 +38,10 @@ def test_evaluate_takes_the_runs_settings_unless_given_explicitly():
     assert args.val_images == 40
     # Without a run: the defaults.
     args = cli.resolve_evaluate_args(_parse(["--model", "m.keras"]), {})
-    assert (args.data, args.num_classes, args.max_boxes, args.val_images,
-            args.seed) == ("shapes", 3, 20, 128, 0)
+    for key, value in cli.EVALUATE_DEFAULTS.items():
+        assert getattr(args, key) == value, key
+    assert (args.data, args.num_classes, args.val_images, args.seed) == (
+        "shapes", 3, 128, 0)
 
 
 @pytest.fixture(scope="module")
