@@ -113,7 +113,8 @@ def test_evaluate_run_keeps_explicit_overrides_and_the_last_batch(
         assert json.load(f)["num_images"] == 3      # one partial batch
 
 
-@pytest.mark.parametrize("version", ["v5", "v2"])
+@pytest.mark.parametrize("version", [
+    "v5", pytest.param("v2", marks=pytest.mark.slow)])   # v2: noobj in obj
 def test_fit_logs_the_loss_terms_that_sum_to_the_loss(version):
     import keras
     import tensorflow as tf
