@@ -148,14 +148,6 @@ class EmaCocoMetricCallback(coco_metrics.CocoMetricCallback):
             super().on_epoch_end(epoch, logs)
 
 
-class EmaModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` saving the EMA weights, the ones evaluated."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        with ema_weights(self.model):
-            super().on_epoch_end(epoch, logs)
-
-
 def batch_dataset(dataset, batch_size, shuffle=True, seed=0, repeat=False,
                   drop_remainder=True):
     """Unbatched `(image, gt)` -> batches of the global batch size.
