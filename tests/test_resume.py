@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from training import resume
 
@@ -279,3 +280,29 @@ def test_a_nan_gradient_with_a_finite_loss_stops_at_its_step(tmp_path):
     arrays, meta = resume.load_state(
         os.path.join(run_dir, "backup", "state.npz"))
     assert (meta["epoch"], meta["step"], meta["iterations"]) == (2, 0, 6)
+
+
+def test_shuffle_buffer_holds_at_most_a_gigabyte_of_decoded_samples():
+    from training import resume
+
+    def samples(side, count):
+        spec = (tf.TensorSpec((side, side, 3), tf.float32),
+                {"boxes": tf.TensorSpec((50, 4), tf.float32), "labels": tf.TensorSpec((50,), tf.int32)})
+        return tf.data.Dataset.range(count).map(
+            lambda i: tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec))
+
+    # 640 px float32 photo + 50 rows = 4,915,200 + 1,000 bytes -> 218 fit in 2**30.
+    assert resume.shuffle_buffer_size(samples(640, 5000)) == (1 << 30) // (640 * 640 * 3 * 4 + 50 * 5 * 4)
+    assert resume.shuffle_buffer_size(samples(32, 300)) == 300   # small samples: the whole dataset
+
+
+def test_a_dataset_that_shards_itself_keeps_its_policy():
+    from training import resume
+
+    own = tf.data.Options()
+    own.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    ds = tf.data.Dataset.range(4).with_options(own)
+    assert resume.distribution_options(ds).experimental_distribute.auto_shard_policy == \
+        tf.data.experimental.AutoShardPolicy.OFF
+    assert resume.distribution_options(tf.data.Dataset.range(4)).experimental_distribute.auto_shard_policy == \
+        tf.data.experimental.AutoShardPolicy.DATA

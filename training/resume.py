@@ -44,6 +44,8 @@ import tensorflow as tf
 _logger = logging.getLogger("training")
 
 STATE_FILE = "state.npz"
+# Most bytes of decoded samples a training shuffle buffer may hold.
+SHUFFLE_BUFFER_BYTES = 1 << 30
 # Mixes the run's seed and the epoch into one shuffle seed.
 _SEED_STRIDE = 1_000_003
 
@@ -62,15 +64,14 @@ def epoch_batches(dataset, batch_size, seed, first_epoch, epochs,
         steps_per_epoch: batches per epoch when the dataset's length is
             unknown or infinite (each epoch then takes that many from its
             own shuffle of the start of the stream).
-        shuffle: shuffle each epoch (a full-length buffer when the length is
-            known, else 1024).
+        shuffle: shuffle each epoch (`shuffle_buffer_size`: the whole
+            dataset when it fits in `SHUFFLE_BUFFER_BYTES`).
 
     Returns:
         a `tf.data.Dataset` of `(epochs - first_epoch) * steps` batches.
     """
     batched = len(dataset.element_spec[0].shape) == 4
-    cardinality = int(dataset.cardinality())
-    buffer = cardinality if cardinality > 0 else 1024
+    buffer = shuffle_buffer_size(dataset)
     seed = int(seed or 0)
 
     def one_epoch(epoch):
@@ -105,11 +106,35 @@ def epoch_batches(dataset, batch_size, seed, first_epoch, epochs,
 
         out = tf.data.Dataset.range(first_epoch).flat_map(
             started).concatenate(out)
+    return out.with_options(distribution_options(dataset)).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def shuffle_buffer_size(dataset):
+    """Elements a shuffle buffer may hold: the whole dataset, unless its
+    decoded samples would take more than `SHUFFLE_BUFFER_BYTES` (a folder of
+    photos streamed by `keras_yolo.data.load` is shuffled by file there)."""
+    cardinality = int(dataset.cardinality())
+    length = cardinality if cardinality > 0 else 1024
+    sample_bytes = 0
+    for spec in tf.nest.flatten(dataset.element_spec):
+        if not spec.shape.is_fully_defined():
+            return min(length, 1024)
+        sample_bytes += spec.shape.num_elements() * spec.dtype.size
+    return int(max(1, min(length, SHUFFLE_BUFFER_BYTES // max(sample_bytes, 1))))
+
+
+def distribution_options(dataset):
+    """Deterministic order; auto-shard by DATA unless the dataset already
+    chose a policy (e.g. `keras_yolo.data.load(shard=...)` shards by file and
+    sets OFF: overriding it would make every worker decode every image)."""
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
+    chosen = dataset.options().experimental_distribute.auto_shard_policy
+    if chosen == tf.data.experimental.AutoShardPolicy.AUTO:
+        chosen = tf.data.experimental.AutoShardPolicy.DATA
+    options.experimental_distribute.auto_shard_policy = chosen
     options.deterministic = True
-    return out.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return options
 
 
 def atomic_write(path, write):

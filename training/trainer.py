@@ -156,17 +156,13 @@ def batch_dataset(dataset, batch_size, shuffle=True, seed=0, repeat=False,
     replica); evaluation passes False so that every image is scored."""
     if len(dataset.element_spec[0].shape) == 4:
         return dataset  # already batched
-    cardinality = int(dataset.cardinality())
+    options = resume_lib.distribution_options(dataset)
     if shuffle:
-        buffer = cardinality if cardinality > 0 else 1024
-        dataset = dataset.shuffle(buffer, seed=seed,
-                                  reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(resume_lib.shuffle_buffer_size(dataset),
+                                  seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if repeat:
         dataset = dataset.repeat()
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
     options.deterministic = not shuffle or seed is not None
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
