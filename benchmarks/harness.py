@@ -8,8 +8,10 @@ machine flatters us. Therefore:
 - `machine_state()` records the load average, the core count and the thread
   settings of both frameworks;
 - `check_quiet()` refuses (SystemExit) to time on a machine whose 1-minute
-  load exceeds its core count, unless `allow_busy=True`, in which case the
-  result is flagged `"busy": true` and a banner is printed;
+  load exceeds its core count, or on which other processes use more than
+  half a core right now (the load average lags a minute), unless
+  `allow_busy=True`, in which case the result is flagged `"busy": true`
+  and a banner is printed;
 - `alternate()` warms every contender up, then runs them in turn, round
   after round (the order rotates), so a load change hits all of them; the
   figure is the median over rounds of each round's median;
@@ -77,19 +79,48 @@ def machine_state():
     return state
 
 
-def is_busy(load):
-    return load > cores()
+# Cores' worth of CPU that other processes may use while we time: the
+# 1-minute load average lags by a minute, so the instantaneous use is read
+# from /proc/stat too.
+MAX_OTHER_CORES = 0.5
+
+
+def cores_in_use(seconds=2.0):
+    """Cores' worth of CPU busy machine-wide over `seconds` (Linux), or
+    None where /proc/stat is missing."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return None
+    busy = 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+    return round(busy * os.cpu_count(), 2)
+
+
+def is_busy(load, in_use=None):
+    return load > cores() or (in_use is not None
+                              and in_use > MAX_OTHER_CORES)
 
 
 def check_quiet(allow_busy=False):
     """Refuses to time on a busy machine, or flags the run loudly."""
     state = machine_state()
     load = state["load_average"][0]
-    state["busy"] = is_busy(load)
+    in_use = cores_in_use()
+    state["cores_in_use_before"] = in_use
+    state["busy"] = is_busy(load, in_use)
     if state["busy"]:
-        message = (f"machine is busy: 1-minute load {load} > {cores()} "
-                   "cores; timings would flatter the framework that "
-                   "tolerates contention better")
+        message = (f"machine is busy: 1-minute load {load} (limit "
+                   f"{cores()} cores), {in_use} cores in use by others "
+                   f"just now (limit {MAX_OTHER_CORES}); timings would "
+                   "flatter the framework that tolerates contention better")
         if not allow_busy:
             raise SystemExit(f"REFUSED: {message}. Wait for a quiet "
                              "machine or pass --allow-busy to time anyway "
