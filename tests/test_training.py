@@ -398,7 +398,7 @@ def test_demo_command_writes_a_complete_run_and_its_export_serves(tmp_path):
     assert 0 <= summary["export"]["tflite_max_abs_diff"] < 1e-3
     for name in ("config.json", "history.jsonl", "metrics.json",
                  "model.keras", "model.decode.json",
-                 "export/saved_model/saved_model.pb", "export/model.tflite",
+                 "export/saved_model/saved_model.pb", "export/model_fp32.tflite",
                  "export/export.json"):
         assert os.path.exists(os.path.join(out, name)), name
     # The CLI round trip: evaluate the run, export again, predict a file.
