@@ -85,23 +85,23 @@ def machine_state():
 MAX_OTHER_CORES = 0.5
 
 
+def _machine_busy_seconds():
+    """CPU seconds the whole machine has been busy (Linux /proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def cores_in_use(seconds=2.0):
     """Cores' worth of CPU busy machine-wide over `seconds` (Linux), or
     None where /proc/stat is missing."""
-    def sample():
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values), idle
-
     try:
-        total0, idle0 = sample()
+        start = _machine_busy_seconds()
         time.sleep(seconds)
-        total1, idle1 = sample()
-    except OSError:
+        return round((_machine_busy_seconds() - start) / seconds, 2)
+    except (OSError, ValueError):
         return None
-    busy = 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
-    return round(busy * os.cpu_count(), 2)
 
 
 def is_busy(load, in_use=None):
@@ -116,6 +116,11 @@ def check_quiet(allow_busy=False):
     in_use = cores_in_use()
     state["cores_in_use_before"] = in_use
     state["busy"] = is_busy(load, in_use)
+    try:
+        state["_start"] = (time.perf_counter(), time.process_time(),
+                           _machine_busy_seconds())
+    except (OSError, ValueError):
+        pass
     if state["busy"]:
         message = (f"machine is busy: 1-minute load {load} (limit "
                    f"{cores()} cores), {in_use} cores in use by others "
@@ -133,11 +138,22 @@ def check_quiet(allow_busy=False):
 
 
 def finish(state):
-    """Adds the load after the run; a run whose load rose beyond the cores
-    while we used them ourselves (at most `cores` threads) is busy too."""
+    """Adds the load after the run and the CPU other processes used during
+    it (machine busy time minus ours); over half a core, or a load beyond
+    1.5x the cores, flags the run busy."""
     after = os.getloadavg()[0]
+    state = dict(state)
     state["load_after"] = round(after, 2)
     state["busy"] = bool(state["busy"] or after > 1.5 * cores())
+    start = state.pop("_start", None)
+    if start is not None:
+        # Other processes' CPU during the run: the machine's busy time
+        # minus our own.
+        wall = time.perf_counter() - start[0]
+        others = ((_machine_busy_seconds() - start[2])
+                  - (time.process_time() - start[1])) / max(wall, 1e-9)
+        state["cores_used_by_others_during_run"] = round(max(others, 0), 2)
+        state["busy"] = bool(state["busy"] or others > MAX_OTHER_CORES)
     if state["busy"]:
         print(f"!! BUSY MACHINE during the run (load {after}): figures "
               "flagged busy.", file=sys.stderr)
