@@ -243,7 +243,7 @@ def test_augment_calls_the_training_pipeline_with_unpadded_samples(
     assert image_spec.dtype == tf.uint8 and image_spec.shape.rank == 3
     assert y_spec["boxes"].shape.as_list() == [None, 4]
     most = max(len(rows) for _, _, rows in expected.values())
-    assert ds.element_spec[1]["labels"].shape == (8 * most,)
+    assert ds.element_spec[1]["labels"].shape == (data.pipeline.AUGMENT_BOX_FACTOR * most,)
     for path, (image, y) in zip(ds.records.image_paths, ds):
         rows = expected[os.path.basename(path)][2]
         n = len(rows)
