@@ -1,23 +1,48 @@
-"""YoloV3Loss and YoloV3Decode when the batch size, box count and grid are
-known only at run time (issue #18), on hostile raw outputs in every float
-dtype (issue #13.1, #13.3), and with invalid ground truth (issue #13.2)."""
+"""The multi-level anchor objectives (YoloV3Loss, YoloV4Loss) and their
+decoders when the batch size, box count and grid are known only at run time
+(issue #18), on hostile raw outputs in every float dtype (issue #13.1,
+#13.3), and with invalid ground truth (issue #13.2)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras
-from keras_yolo.anchors import YOLOV3_ANCHORS
 from keras_yolo.assign.groundtruth import GroundTruthError
-from keras_yolo.layers import YoloV3Decode
-from keras_yolo.layers.yolo_v3_decode import MAX_LOG_SCALE
-from keras_yolo.losses import YoloV3Loss
+from keras_yolo.layers import YoloV3Decode, YoloV4Decode
+from keras_yolo.layers.yolo_v4_decode import MAX_LOG_SCALE
+from keras_yolo.layers.yolo_v3_decode import MAX_LOG_SCALE as V3_MAX_LOG_SCALE
+from keras_yolo.losses import YoloV3Loss, YoloV4Loss
+from keras_yolo.models.small_v3 import small_v3
+from keras_yolo.models.small_v4 import small_v4
 from keras_yolo.postprocess import non_max_suppression
 
 STRIDES = (8, 16, 32)
 C = 3
 IMAGE = 64
-ANCHORS = (np.asarray(YOLOV3_ANCHORS) / 6.5).tolist()  # 416 px -> 64 px
+# Small anchors for a 64 x 64 input (grids 8, 4, 2), as in test_v4.py.
+ANCHORS = [[(6, 8), (10, 14), (14, 10)], [(18, 24), (24, 18), (28, 36)],
+           [(40, 30), (48, 56), (60, 60)]]
+assert V3_MAX_LOG_SCALE == MAX_LOG_SCALE
+
+# Per version: the loss, the decoder, its two modes and a tiny model.
+VERSIONS = {
+    "v3": dict(
+        loss=YoloV3Loss, decode=YoloV3Decode,
+        # The seed with every optional branch on, and darknet's.
+        modes=lambda: [YoloV3Loss(C, anchors=ANCHORS, coord_iou_gate="prediction",
+                                  truth_thresh=0.7),
+                       YoloV3Loss(C, anchors=ANCHORS, darknet_compat=True)],
+        model=lambda: small_v3(num_classes=C, input_size=IMAGE, filters=(4, 8, 8, 8, 8),
+                               blocks=(1, 1, 1, 1, 1), neck_filters=(4, 8, 8))),
+    "v4": dict(
+        loss=YoloV4Loss, decode=YoloV4Decode,
+        # The seed (CIoU, label smoothing), and AlexeyAB darknet's.
+        modes=lambda: [YoloV4Loss(C, anchors=ANCHORS, label_smoothing=0.1),
+                       YoloV4Loss(C, anchors=ANCHORS, darknet_compat=True)],
+        model=lambda: small_v4(num_classes=C, input_shape=(IMAGE, IMAGE, 3), width=0.25)),
+}
+each_version = pytest.mark.parametrize("version", sorted(VERSIONS))
 
 
 def make_case(batch, rows, real, seed=0, spread=1.5):
@@ -34,11 +59,8 @@ def make_case(batch, rows, real, seed=0, spread=1.5):
     return raw, boxes, labels
 
 
-def both_modes():
-    # The seed with every optional branch on, and darknet's.
-    return [YoloV3Loss(C, anchors=ANCHORS, coord_iou_gate="prediction",
-                       truth_thresh=0.7),
-            YoloV3Loss(C, anchors=ANCHORS, darknet_compat=True)]
+def both_modes(version):
+    return VERSIONS[version]["modes"]()
 
 
 def values_and_grads(losses, boxes, labels, levels):
@@ -67,9 +89,10 @@ def assert_same(got, want, rtol=2e-5):
                                        atol=1e-6)
 
 
+@each_version
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
-def test_loss_with_unknown_batch_box_count_and_grid_equals_eager(jit):
-    losses = both_modes()
+def test_loss_with_unknown_batch_box_count_and_grid_equals_eager(version, jit):
+    losses = both_modes(version)
     step = tf.function(lambda b, l, p: values_and_grads(losses, b, l, p),
                        input_signature=SIGNATURE, jit_compile=jit)
     cases = ((2, [3, 0], 5, 0), (3, [7, 1, 4], 9, 1))
@@ -89,8 +112,9 @@ def test_loss_with_unknown_batch_box_count_and_grid_equals_eager(jit):
     assert step.experimental_get_tracing_count() == 1
 
 
-def test_unknown_anchor_or_channel_axis_is_named_with_the_fix():
-    loss = YoloV3Loss(C, anchors=ANCHORS)
+@each_version
+def test_unknown_anchor_or_channel_axis_is_named_with_the_fix(version):
+    loss = VERSIONS[version]["loss"](C, anchors=ANCHORS)
     signature = SIGNATURE[:2] + [[tf.TensorSpec((None,) * 5, tf.float32)] * 3]
     step = tf.function(lambda b, l, p: loss({"boxes": b, "labels": l}, p),
                        input_signature=signature)
@@ -98,8 +122,10 @@ def test_unknown_anchor_or_channel_axis_is_named_with_the_fix():
         step.get_concrete_function()
 
 
-def test_decode_with_unknown_batch_and_grid_equals_eager():
-    decode = YoloV3Decode(anchors=ANCHORS, bounding_box_format="xyxy",
+@each_version
+def test_decode_with_unknown_batch_and_grid_equals_eager(version):
+    decode_class = VERSIONS[version]["decode"]
+    decode = decode_class(anchors=ANCHORS, bounding_box_format="xyxy",
                           num_classes=C)
     signature = [[tf.TensorSpec((None, None, None, 3, 5 + C), tf.float32)] * 3]
     graph = tf.function(decode, input_signature=signature)
@@ -114,15 +140,16 @@ def test_decode_with_unknown_batch_and_grid_equals_eager():
                                            atol=2e-6)
     assert want["boxes"].shape == (3, 3 * (64 + 16 + 4), 4)
     with pytest.raises(ValueError, match="num_classes=4"):
-        YoloV3Decode(anchors=ANCHORS, num_classes=4)(raw)
+        decode_class(anchors=ANCHORS, num_classes=4)(raw)
 
 
-def test_huge_outputs_decode_to_finite_boxes_and_detections():
+@each_version
+def test_huge_outputs_decode_to_finite_boxes_and_detections(version):
     raw, _, _ = make_case(1, 1, [0])
     raw[2][..., 2] = 1e4     # t_w: exp overflows float32 above 88.7
     raw[2][..., 3] = -1e4    # t_h: exp underflows to an empty box
     raw[2][..., 4:] = 50.0   # objectness and classes saturate at 1
-    out = YoloV3Decode(anchors=ANCHORS, num_classes=C)(raw)
+    out = VERSIONS[version]["decode"](anchors=ANCHORS, num_classes=C)(raw)
     boxes = out["boxes"].numpy()
     assert np.isfinite(boxes).all()
     last = boxes[0, -3 * 4:].reshape(2, 2, 3, 4)  # the stride-32 level
@@ -156,10 +183,11 @@ def hostile(scale, seed=3):
     return raw, boxes, labels
 
 
+@each_version
 @pytest.mark.parametrize("dtype", ["float32", "float16", pytest.param(
     "bfloat16", marks=pytest.mark.slow)])
-def test_hostile_outputs_give_finite_loss_and_gradients(dtype):
-    losses = both_modes()
+def test_hostile_outputs_give_finite_loss_and_gradients(version, dtype):
+    losses = both_modes(version)
     for scale in SCALES:
         raw, boxes, labels = hostile(scale)
         for lab in (labels, np.full_like(labels, -1)):  # with and without boxes
@@ -170,9 +198,35 @@ def test_hostile_outputs_give_finite_loss_and_gradients(dtype):
                     assert np.isfinite(tf.cast(g, tf.float32).numpy()).all(), scale
 
 
+def test_t_w_beyond_the_clip_is_the_clip_with_finite_gradients():
+    """t_w = +90 used to give a finite loss and a NaN gradient (exp overflow
+    inside CIoU). Above MAX_LOG_SCALE the box is the clipped one: the same
+    loss as at t_w = 20, and no gradient through the clipped size."""
+    raw, boxes, labels = make_case(2, 4, [3, 1], seed=5, spread=1.0)
+    at_90 = [r.copy() for r in raw]
+    at_clip = [r.copy() for r in raw]
+    for big, clip in zip(at_90, at_clip):
+        big[..., 2], clip[..., 2] = 90.0, MAX_LOG_SCALE
+    for loss in both_modes("v4"):
+        (values, grads), = values_and_grads([loss], boxes, labels,
+                                            [tf.constant(r) for r in at_90])
+        (want, want_grads), = values_and_grads([loss], boxes, labels,
+                                               [tf.constant(r) for r in at_clip])
+        np.testing.assert_allclose([float(v) for v in values],
+                                   [float(v) for v in want], rtol=1e-6)
+        for g, w in zip(grads, want_grads):
+            g, w = g.numpy(), w.numpy()
+            assert np.isfinite(g).all()
+            if not loss.darknet_compat:  # darknet's delta ignores the clip
+                assert not g[..., 2].any()
+            np.testing.assert_allclose(np.delete(g, 2, -1), np.delete(w, 2, -1),
+                                       rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
-def test_hostile_half_precision_outputs_are_finite_under_xla():
-    losses = both_modes()
+@each_version
+def test_hostile_half_precision_outputs_are_finite_under_xla(version):
+    losses = both_modes(version)
     step = tf.function(lambda b, l, p: values_and_grads(losses, b, l, p),
                        jit_compile=True)
     for scale in (1e4, -1e4, "t_wh_90"):
@@ -184,7 +238,8 @@ def test_hostile_half_precision_outputs_are_finite_under_xla():
                        for g in grads), scale
 
 
-def test_invalid_rows_raise_eagerly_and_are_padding_when_compiled():
+@each_version
+def test_invalid_rows_raise_eagerly_and_are_padding_when_compiled(version):
     raw, boxes, labels = make_case(2, 6, [3, 2], seed=4, spread=1.0)
     # Pixel boxes: the loss passes the image size (grid x stride) to the
     # policy, so a box right of a 64-pixel image is caught too.
@@ -198,8 +253,8 @@ def test_invalid_rows_raise_eagerly_and_are_padding_when_compiled():
         dirty_boxes[0, row], dirty_labels[0, row] = box, label
     levels = [tf.constant(r) for r in raw]
     # (Both modes on `rel_` boxes: tests/test_fuzz.py.)
-    for loss in both_modes()[:1]:
-        loss = YoloV3Loss.from_config({**loss.get_config(),
+    for loss in both_modes(version)[:1]:
+        loss = VERSIONS[version]["loss"].from_config({**loss.get_config(),
                                        "bounding_box_format": "xyxy"})
         for row, (box, label) in bad_rows.items():
             one_boxes, one_labels = pixel.copy(), labels.copy()
@@ -213,12 +268,10 @@ def test_invalid_rows_raise_eagerly_and_are_padding_when_compiled():
         assert float(got) == pytest.approx(float(want), rel=1e-6)
 
 
-def test_fit_on_padded_batch_with_changing_box_count():
-    from keras_yolo.models.small_v3 import small_v3
-
+@each_version
+def test_fit_on_padded_batch_with_changing_box_count(version):
     keras.utils.set_random_seed(0)
-    model = small_v3(num_classes=C, input_size=IMAGE, filters=(4, 8, 8, 8, 8),
-                     blocks=(1, 1, 1, 1, 1), neck_filters=(4, 8, 8))
+    model = VERSIONS[version]["model"]()
     rng = np.random.default_rng(0)
     counts = [1, 5, 2, 0, 3, 6]
 
@@ -243,7 +296,7 @@ def test_fit_on_padded_batch_with_changing_box_count():
                                                   "labels": -1})).cache()
     assert [int(y["labels"].shape[1]) for _, y in ds] == [5, 2, 6]
     model.compile(keras.optimizers.SGD(1e-3), jit_compile=False,
-                  loss=YoloV3Loss(C, anchors=ANCHORS))
+                  loss=VERSIONS[version]["loss"](C, anchors=ANCHORS))
     history = model.fit(ds, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert history.history["invalid_boxes"] == [1.0]
