@@ -163,7 +163,7 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
                         classes=None, agnostic=False, multi_label=False,
                         max_det=300, max_candidates=None, method="iou",
                         beta=DIOU_BETA, bounding_box_format="center_xywh",
-                        class_offset=None):
+                        class_offset=None, image_shape=None):
     """ultralytics yolov5's NMS as fixed-size tensors.
 
     score `s_c = p_o * p_c`; candidates `p_o > conf_thres` and
@@ -191,6 +191,10 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
         class_offset: per-class shift used to separate classes for the
             `"iou"` method; default ultralytics' 7680 for pixel formats and
             (coordinate span + 1) for relative formats.
+        image_shape: optional `(height, width)` of the input image: the
+            returned boxes are clipped to it (pass `(1, 1)` for `rel_`
+            formats), as ultralytics' `scale_boxes` clips after NMS. Off by
+            default, which keeps ultralytics' NMS output exactly.
 
     Returns:
         `{"boxes": (B, K, 4) float32, "scores": (B, K) float32,
@@ -271,7 +275,10 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
         out = tf.tensor_scatter_nd_update(out, target, values)
         return out[:, :max_det]
 
-    out_boxes = place(tf.gather(boxes, box_index, batch_dims=1), _PAD)
+    picked = tf.gather(boxes, box_index, batch_dims=1)
+    if image_shape is not None:
+        picked = clip_boxes(picked, bounding_box_format, image_shape)
+    out_boxes = place(picked, _PAD)
     out_scores = place(scores, _PAD)
     out_classes = place(class_index, _PAD)
     # The spare slot receives many rows; pad it back explicitly.
@@ -282,6 +289,25 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
         "classes": tf.where(filled, out_classes, _PAD),
         "num_detections": num,
     }
+
+
+def clip_boxes(boxes, bounding_box_format, image_shape):
+    """Boxes `(..., 4)` clipped to an image of `image_shape` `(height, width)`
+    (in the units of `bounding_box_format`: `(1, 1)` for `rel_` formats).
+
+    Example:
+        >>> clip_boxes([[-5., 10., 700., 90.]], "xyxy", (480, 640))
+        [[0., 10., 640., 90.]]
+    """
+    box_ops._check_format("bounding_box_format", bounding_box_format)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    corner = "rel_xyxy" if bounding_box_format.startswith("rel_") else "xyxy"
+    xyxy = box_ops.convert(boxes, bounding_box_format, corner)
+    height = tf.cast(image_shape[0], tf.float32)
+    width = tf.cast(image_shape[1], tf.float32)
+    upper = tf.stack([width, height, width, height])
+    xyxy = tf.clip_by_value(xyxy, 0.0, upper)
+    return box_ops.convert(xyxy, corner, bounding_box_format)
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
@@ -302,7 +328,7 @@ class NonMaxSuppression(keras.layers.Layer):
                  agnostic=False, multi_label=False, max_det=300,
                  max_candidates=None, method="iou", beta=DIOU_BETA,
                  bounding_box_format="center_xywh", class_offset=None,
-                 **kwargs):
+                 image_shape=None, **kwargs):
         super().__init__(**kwargs)
         _check_unit_interval("conf_thres", conf_thres)
         _check_unit_interval("iou_thres", iou_thres)
@@ -322,6 +348,8 @@ class NonMaxSuppression(keras.layers.Layer):
         self.beta = float(beta)
         self.bounding_box_format = bounding_box_format
         self.class_offset = class_offset
+        self.image_shape = (None if image_shape is None
+                            else [float(v) for v in image_shape])
 
     def call(self, inputs):
         return non_max_suppression(
@@ -330,7 +358,7 @@ class NonMaxSuppression(keras.layers.Layer):
             multi_label=self.multi_label, max_det=self.max_det,
             max_candidates=self.max_candidates, method=self.method,
             beta=self.beta, bounding_box_format=self.bounding_box_format,
-            class_offset=self.class_offset,
+            class_offset=self.class_offset, image_shape=self.image_shape,
         )
 
     def compute_output_spec(self, inputs):
@@ -351,6 +379,6 @@ class NonMaxSuppression(keras.layers.Layer):
             multi_label=self.multi_label, max_det=self.max_det,
             max_candidates=self.max_candidates, method=self.method,
             beta=self.beta, bounding_box_format=self.bounding_box_format,
-            class_offset=self.class_offset,
+            class_offset=self.class_offset, image_shape=self.image_shape,
         )
         return config

@@ -278,3 +278,22 @@ def test_bad_arguments_are_named(kwargs, word):
 def test_missing_keys_are_named():
     with pytest.raises(ValueError, match="objectness"):
         non_max_suppression({"boxes": tf.zeros((1, 2, 4))})
+
+
+def test_detections_are_clipped_to_the_image_when_its_size_is_given():
+    from keras_yolo.postprocess import NonMaxSuppression, clip_boxes
+
+    np.testing.assert_allclose(clip_boxes([[-5.0, 10.0, 700.0, 90.0]], "xyxy", (480, 640)),
+                               [[0.0, 10.0, 640.0, 90.0]])
+    # A centre box half outside a 640 x 480 image: x 600..700 -> 600..640, y -20..20 -> 0..20.
+    np.testing.assert_allclose(clip_boxes([[650.0, 0.0, 100.0, 40.0]], "center_xywh", (480, 640)),
+                               [[620.0, 10.0, 40.0, 20.0]])
+    decoded = {"boxes": tf.constant([[[1.1, 0.5, 0.4, 0.2], [0.2, 0.2, 0.1, 0.1]]]),
+               "objectness": tf.constant([[0.9, 0.8]]), "class_probs": tf.constant([[[1.0], [1.0]]])}
+    plain = non_max_suppression(decoded, bounding_box_format="rel_center_xywh")
+    np.testing.assert_allclose(plain["boxes"][0, 0], [1.1, 0.5, 0.4, 0.2], rtol=1e-6)  # ultralytics: unclipped
+    layer = NonMaxSuppression(bounding_box_format="rel_center_xywh", image_shape=(1, 1))
+    layer = NonMaxSuppression.from_config(layer.get_config())
+    clipped = layer(decoded)
+    np.testing.assert_allclose(clipped["boxes"][0, 0], [0.95, 0.5, 0.1, 0.2], rtol=1e-6)   # x 0.9..1.0
+    np.testing.assert_allclose(clipped["boxes"][0, 1], [0.2, 0.2, 0.1, 0.1], rtol=1e-6)
