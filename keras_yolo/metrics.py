@@ -55,6 +55,32 @@ def _to_pixel_xywh(boxes, bounding_box_format, image_shape):
                                       image_shape=image_shape))
 
 
+def _padded_arrays(y_true, y_pred):
+    """Padded ground truth and detections as float64 / int64 numpy arrays,
+    their keys and shapes checked: `(gt_boxes (N, M, 4), gt_labels (N, M),
+    det_boxes (N, K, 4), det_scores (N, K), det_classes (N, K),
+    det_num (N,))`."""
+    _check_keys("y_true", y_true, ("boxes", "labels"))
+    _check_keys("y_pred", y_pred, DETECTION_KEYS)
+    gt_boxes = _numpy(y_true["boxes"]).astype(np.float64)
+    gt_labels = _numpy(y_true["labels"]).astype(np.int64)
+    det_boxes = _numpy(y_pred["boxes"]).astype(np.float64)
+    det_scores = _numpy(y_pred["scores"]).astype(np.float64)
+    det_classes = _numpy(y_pred["classes"]).astype(np.int64)
+    det_num = _numpy(y_pred["num_detections"]).astype(np.int64).reshape(-1)
+    if gt_boxes.ndim != 3 or gt_labels.shape != gt_boxes.shape[:2]:
+        raise ValueError(
+            f"`y_true` must hold boxes (N, M, 4) and labels (N, M); got "
+            f"{gt_boxes.shape} and {gt_labels.shape}.")
+    if det_boxes.ndim != 3 or det_scores.shape != det_boxes.shape[:2] or \
+            det_classes.shape != det_boxes.shape[:2]:
+        raise ValueError(
+            f"`y_pred` must hold boxes (N, K, 4), scores (N, K) and classes "
+            f"(N, K); got {det_boxes.shape}, {det_scores.shape} and "
+            f"{det_classes.shape}.")
+    return gt_boxes, gt_labels, det_boxes, det_scores, det_classes, det_num
+
+
 def _check_keys(name, value, keys):
     if not isinstance(value, dict) or not set(keys) <= set(value):
         got = sorted(value) if isinstance(value, dict) else type(value).__name__
@@ -99,30 +125,14 @@ def coco_map(y_true, y_pred, bounding_box_format, image_shape=None,
         >>> coco_map(gt, det, "xyxy")["map"]
         1.0
     """
-    _check_keys("y_true", y_true, ("boxes", "labels"))
-    _check_keys("y_pred", y_pred, DETECTION_KEYS)
     if bounding_box_format not in box_ops.FORMATS:
         raise ValueError(f"`bounding_box_format` must be one of "
                          f"{box_ops.FORMATS}; got {bounding_box_format!r}.")
     if int(max_detections) < 1:
         raise ValueError(
             f"`max_detections` must be >= 1; got {max_detections}.")
-    gt_boxes = _numpy(y_true["boxes"]).astype(np.float64)
-    gt_labels = _numpy(y_true["labels"]).astype(np.int64)
-    det_boxes = _numpy(y_pred["boxes"]).astype(np.float64)
-    det_scores = _numpy(y_pred["scores"]).astype(np.float64)
-    det_classes = _numpy(y_pred["classes"]).astype(np.int64)
-    det_num = _numpy(y_pred["num_detections"]).astype(np.int64).reshape(-1)
-    if gt_boxes.ndim != 3 or gt_labels.shape != gt_boxes.shape[:2]:
-        raise ValueError(
-            f"`y_true` must hold boxes (N, M, 4) and labels (N, M); got "
-            f"{gt_boxes.shape} and {gt_labels.shape}.")
-    if det_boxes.ndim != 3 or det_scores.shape != det_boxes.shape[:2] or \
-            det_classes.shape != det_boxes.shape[:2]:
-        raise ValueError(
-            f"`y_pred` must hold boxes (N, K, 4), scores (N, K) and classes "
-            f"(N, K); got {det_boxes.shape}, {det_scores.shape} and "
-            f"{det_classes.shape}.")
+    (gt_boxes, gt_labels, det_boxes, det_scores, det_classes,
+     det_num) = _padded_arrays(y_true, y_pred)
     num_images = gt_boxes.shape[0]
     if det_boxes.shape[0] != num_images or det_num.shape[0] != num_images:
         raise ValueError(
@@ -312,14 +322,8 @@ def confusion_matrix(y_true, y_pred, bounding_box_format, num_classes=None,
         >>> confusion_matrix(gt, det, "xyxy", num_classes=2)[0, 1]
         1.0
     """
-    _check_keys("y_true", y_true, ("boxes", "labels"))
-    _check_keys("y_pred", y_pred, DETECTION_KEYS)
-    gt_boxes = _numpy(y_true["boxes"]).astype(np.float64)
-    gt_labels = _numpy(y_true["labels"]).astype(np.int64)
-    det_boxes = _numpy(y_pred["boxes"]).astype(np.float64)
-    det_scores = _numpy(y_pred["scores"]).astype(np.float64)
-    det_classes = _numpy(y_pred["classes"]).astype(np.int64)
-    det_num = _numpy(y_pred["num_detections"]).astype(np.int64).reshape(-1)
+    (gt_boxes, gt_labels, det_boxes, det_scores, det_classes,
+     det_num) = _padded_arrays(y_true, y_pred)
     if num_classes is None:
         num_classes = int(max(gt_labels.max(initial=-1),
                               det_classes.max(initial=-1))) + 1
