@@ -144,6 +144,16 @@ def test_decoded_boxes_are_finite_for_huge_raw_outputs():
     assert float(out["boxes"][0, 0, 2]) == 9.0
 
 
+def eager_epoch_loss(loss, model, ds):
+    """The loss `fit` reports for one epoch of `ds` at learning rate 0: the
+    eager loss of each batch, averaged with the batch sizes as weights."""
+    values, sizes = [], []
+    for images, y in ds:
+        values.append(float(loss(y, model(images, training=True))))
+        sizes.append(int(images.shape[0]))
+    return np.average(values, weights=sizes)
+
+
 def padded_batch_dataset(image_size, box_counts, batch_size, seed=0):
     """Images with a different number of boxes each, `padded_batch`ed so
     that M changes from batch to batch (and is None in the element spec)."""
@@ -187,12 +197,8 @@ def test_fit_on_padded_batch_with_changing_box_count(jit_compile):
     assert ds.element_spec[1]["boxes"].shape.as_list() == [None, None, 4]
     assert [tuple(y["labels"].shape) for _, y in ds] == [(2, 3), (2, 5), (1, 2)]
     history = model.fit(ds, epochs=1, verbose=0)
-    values, sizes = [], []
-    for images, y in ds:
-        values.append(float(loss(y, model(images, training=True))))
-        sizes.append(int(images.shape[0]))
-    want = np.average(values, weights=sizes)
-    assert history.history["loss"][0] == pytest.approx(want, rel=1e-5)
+    assert history.history["loss"][0] == pytest.approx(
+        eager_epoch_loss(loss, model, ds), rel=1e-5)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -210,13 +216,9 @@ def test_fit_under_a_mixed_precision_policy(policy):
     model.compile(keras.optimizers.SGD(0.0), loss=loss)
     ds = padded_batch_dataset(32, [1, 3, 5, 0, 2], batch_size=2)
     history = model.fit(ds, epochs=1, verbose=0)
-    values, sizes = [], []
     # The convolutions compute in half precision (the head casts to float32).
     half = policy.split("_")[1]
     assert any(layer.compute_dtype == half for layer in model.layers)
-    for images, y in ds:
-        values.append(float(loss(y, model(images, training=True))))
-        sizes.append(int(images.shape[0]))
     assert np.isfinite(history.history["loss"][0])
     assert history.history["loss"][0] == pytest.approx(
-        np.average(values, weights=sizes), rel=1e-5)
+        eager_epoch_loss(loss, model, ds), rel=1e-5)
