@@ -40,7 +40,9 @@ def _signature():
                            tf.float32) for s in STRIDES]]
 
 
-def _value_and_grads(loss, boxes, labels, levels):
+def value_and_grads(loss, boxes, labels, levels):
+    """`[total, box, obj, cls]` and the gradients of the total w.r.t. the
+    levels."""
     with tf.GradientTape() as tape:
         tape.watch(levels)
         parts = loss.components({"boxes": boxes, "labels": labels}, levels)
@@ -53,7 +55,7 @@ def _value_and_grads(loss, boxes, labels, levels):
 def test_loss_with_unknown_batch_and_box_count_equals_eager(jit):
     loss = YoloV5Loss(num_classes=NUM_CLASSES, anchors=ANCHORS,
                       fl_gamma=1.5, label_smoothing=0.1)
-    step = tf.function(lambda b, l, p: _value_and_grads(loss, b, l, p),
+    step = tf.function(lambda b, l, p: value_and_grads(loss, b, l, p),
                        input_signature=_signature(), jit_compile=jit)
     # Two box counts, two batch sizes, one trace: the signature is None.
     # XLA compiles once per concrete shape, so it gets one of the two.
@@ -61,7 +63,7 @@ def test_loss_with_unknown_batch_and_box_count_equals_eager(jit):
     for batch, real, rows, seed in cases[1:] if jit else cases:
         raw, boxes, labels = _inputs(batch, rows, real, seed)
         levels = [tf.constant(r) for r in raw]
-        expected, expected_grads = _value_and_grads(
+        expected, expected_grads = value_and_grads(
             loss, tf.constant(boxes), tf.constant(labels), levels)
         got, grads = step(boxes, labels, levels)
         np.testing.assert_allclose([float(v) for v in got],

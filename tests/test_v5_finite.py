@@ -10,6 +10,7 @@ from keras_yolo.anchors import YOLOV5_ANCHORS
 from keras_yolo.assign.groundtruth import GroundTruthError
 from keras_yolo.layers import YoloV5Decode
 from keras_yolo.losses import YoloV5Loss
+from test_v5_dynamic import value_and_grads
 
 STRIDES = (8, 16, 32)
 NUM_CLASSES = 3
@@ -60,15 +61,6 @@ def _loss():
                       label_smoothing=0.1, autobalance=True)
 
 
-def _step(loss, boxes, labels, levels):
-    with tf.GradientTape() as tape:
-        tape.watch(levels)
-        parts = loss.components({"boxes": boxes, "labels": labels}, levels)
-        total = parts["box"] + parts["obj"] + parts["cls"]
-    return ([total, parts["box"], parts["obj"], parts["cls"]],
-            tape.gradient(total, levels))
-
-
 def _assert_finite(values, grads, where):
     values = [float(v) for v in values]
     assert np.all(np.isfinite(values)), (where, values)
@@ -92,7 +84,7 @@ def _hostile_batch():
 def test_finite_loss_and_gradients_eager(dtype):
     boxes, labels, raw = _hostile_batch()
     loss = _loss()
-    values, grads = _step(loss, boxes, labels,
+    values, grads = value_and_grads(loss, boxes, labels,
                           [tf.cast(r, dtype) for r in raw])
     _assert_finite(values, grads, (dtype, "eager"))
     assert np.all(np.isfinite(loss.balance_state.numpy()))
@@ -105,9 +97,9 @@ def test_finite_loss_and_gradients_xla_equal_eager(dtype):
     boxes, labels, raw = _hostile_batch()
     levels = [tf.cast(r, dtype) for r in raw]
     loss, jit_loss = _loss(), _loss()
-    values, _ = _step(loss, boxes, labels, levels)
+    values, _ = value_and_grads(loss, boxes, labels, levels)
     xla_values, xla_grads = tf.function(
-        lambda b, l, p: _step(jit_loss, b, l, p), jit_compile=True)(
+        lambda b, l, p: value_and_grads(jit_loss, b, l, p), jit_compile=True)(
             boxes, labels, levels)
     _assert_finite(xla_values, xla_grads, (dtype, "xla"))
     np.testing.assert_allclose([float(v) for v in xla_values],
@@ -120,11 +112,11 @@ def test_finite_loss_and_gradients_xla_equal_eager(dtype):
 def test_no_box_at_all_gives_finite_terms_at_every_scale(jit):
     loss = YoloV5Loss(num_classes=NUM_CLASSES, anchors=ANCHORS,
                       autobalance=True)
-    fn = tf.function(lambda b, l, p: _step(loss, b, l, p), jit_compile=True)
+    fn = tf.function(lambda b, l, p: value_and_grads(loss, b, l, p), jit_compile=True)
     boxes, labels = _truth(False)
     for kind in ("tiny_wh", "-10000", "10000"):
         levels = [tf.constant(r) for r in _raw(kind)]
-        values, grads = (fn if jit else _step)(
+        values, grads = (fn if jit else value_and_grads)(
             *((boxes, labels, levels) if jit else (loss, boxes, labels,
                                                    levels)))
         _assert_finite(values, grads, (kind, jit))
@@ -147,7 +139,7 @@ def test_invalid_rows_are_masked_when_compiled_and_raise_eagerly():
         bad_boxes[image, row], bad_labels[image, row] = box, label
     for jit in (False, True):
         loss = YoloV5Loss(num_classes=NUM_CLASSES, anchors=ANCHORS)
-        fn = tf.function(lambda b, l, p: _step(loss, b, l, p),
+        fn = tf.function(lambda b, l, p: value_and_grads(loss, b, l, p),
                          jit_compile=jit)
         clean, clean_grads = fn(boxes, labels, levels)
         dirty, dirty_grads = fn(bad_boxes, bad_labels, levels)
