@@ -15,6 +15,7 @@ class names.
 import argparse
 import json
 import os
+import re
 
 import numpy as np
 
@@ -93,7 +94,15 @@ def predict(export_dir, paths, tflite=None):
     results = []
     for start in range(0, len(paths), BATCH):
         chunk = paths[start:start + BATCH]
-        for path, dets in zip(chunk, detections(runner(read_images(chunk)))):
+        try:
+            out = runner(read_images(chunk))
+        except Exception as error:  # the graph names `images[i]`: name the file
+            match = re.search(r"images\[(\d+)\]", str(error))
+            if match is None or int(match.group(1)) >= len(chunk):
+                raise
+            reason = re.search(r"images\[\d+\] ([^\]\n]*)", str(error)).group(1)
+            raise ValueError(f"{chunk[int(match.group(1))]}: {reason}") from None
+        for path, dets in zip(chunk, detections(out)):
             results.append({"image": path, "detections": dets})
     return results
 

@@ -567,6 +567,16 @@ BAD_INPUTS = textwrap.dedent(r"""
 """)
 
 
+def test_predict_names_the_file_that_is_no_image(exported, pictures, tmp_path):
+    from PIL import Image
+
+    good, bad = tmp_path / "good.png", tmp_path / "notes.jpg"
+    Image.fromarray(pictures[0]).save(good)
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match=r"notes\.jpg: is not a JPEG, PNG"):
+        predict_lib.predict(exported[0], [str(good), str(bad)])
+
+
 def test_malformed_inputs_are_refused_cleanly_in_a_subprocess(
         exported, encoded, tmp_path):
     """#13.7: every malformed input is an InvalidArgumentError saying what
