@@ -1,4 +1,4 @@
-"""`python -m training <command>`: train, evaluate, demo, show-data.
+"""`python -m training <command>`: train, evaluate, demo, show-data, evolve.
 
     python -m training demo --out runs/demo     # shapes -> train -> mAP -> export
     python -m training train --help
@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training import cli, demo  # noqa: E402
+from training import cli, demo, evolve  # noqa: E402
 
 
 def main(argv=None):
@@ -23,6 +23,7 @@ def main(argv=None):
     cli.add_evaluate_parser(subparsers)
     cli.add_show_data_parser(subparsers)
     demo.add_parser(subparsers)
+    evolve.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)
 
