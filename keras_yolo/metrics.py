@@ -15,6 +15,16 @@ Result keys (pycocotools' `stats`, in order): `map`, `map50`, `map75`,
 (`mar_<max_detections>` when that is not 100), `mar_small`, `mar_medium`,
 `mar_large`. As in pycocotools, a value of -1 means "no ground truth in that
 area range"; small / medium / large use areas in input pixels (< 32², < 96²).
+
+Ignored regions: `y_true` may also hold `"ignored_boxes"` (N, K, 4) and
+`"ignored_labels"` (N, K), padded with label -1 (`keras_yolo.data.load(...,
+return_ignored=True)` yields them: COCO `iscrowd=1` regions, VOC `difficult`
+objects). They enter COCOeval as `iscrowd=1` annotations of their class, so
+pycocotools ignores them as on the COCO leaderboard: they are not positives
+(recall does not count them), and a detection of their class that matches
+no truth but overlaps one by IoU-with-crowd (intersection over the
+detection's own area) at least the threshold is neither a true nor a false
+positive. Without those keys, nothing is ignored.
 """
 
 import contextlib
@@ -81,6 +91,30 @@ def _padded_arrays(y_true, y_pred):
     return gt_boxes, gt_labels, det_boxes, det_scores, det_classes, det_num
 
 
+IGNORED_KEYS = ("ignored_boxes", "ignored_labels")
+
+
+def _ignored_arrays(y_true, num_images):
+    """`(boxes (N, K, 4), labels (N, K))` of the ignored regions in
+    `y_true`, or `(None, None)` when it holds none."""
+    present = [k for k in IGNORED_KEYS if k in y_true]
+    if not present:
+        return None, None
+    if len(present) == 1:
+        raise ValueError(f"`y_true` holds {present[0]!r} without "
+                         f"{[k for k in IGNORED_KEYS if k not in present][0]!r}"
+                         "; pass both or neither.")
+    boxes = _numpy(y_true["ignored_boxes"]).astype(np.float64)
+    labels = _numpy(y_true["ignored_labels"]).astype(np.int64)
+    if boxes.ndim != 3 or labels.shape != boxes.shape[:2] or \
+            boxes.shape[0] != num_images:
+        raise ValueError(
+            f"`y_true` must hold ignored_boxes (N, K, 4) and ignored_labels "
+            f"(N, K) for its N={num_images} images; got {boxes.shape} and "
+            f"{labels.shape}.")
+    return boxes, labels
+
+
 def _check_keys(name, value, keys):
     if not isinstance(value, dict) or not set(keys) <= set(value):
         got = sorted(value) if isinstance(value, dict) else type(value).__name__
@@ -94,7 +128,10 @@ def coco_map(y_true, y_pred, bounding_box_format, image_shape=None,
     """COCO box mAP of a batch (or a whole set) of padded detections.
 
     Args:
-        y_true: `{"boxes": (N, M, 4), "labels": (N, M)}`, padded with label -1.
+        y_true: `{"boxes": (N, M, 4), "labels": (N, M)}`, padded with label -1;
+            optionally also `"ignored_boxes"` (N, K, 4) and
+            `"ignored_labels"` (N, K): regions COCO ignores (crowd,
+            difficult; see the module docstring).
         y_pred: `{"boxes": (N, K, 4), "scores": (N, K), "classes": (N, K),
             "num_detections": (N,)}` as returned by
             `keras_yolo.postprocess.non_max_suppression`: rows at or beyond
@@ -138,9 +175,18 @@ def coco_map(y_true, y_pred, bounding_box_format, image_shape=None,
         raise ValueError(
             f"`y_true` has {num_images} images but `y_pred` has "
             f"{det_boxes.shape[0]} (num_detections: {det_num.shape[0]}).")
+    ignored_boxes, ignored_labels = _ignored_arrays(y_true, num_images)
     if num_classes is None:
         num_classes = int(max(gt_labels.max(initial=-1),
                               det_classes.max(initial=-1))) + 1
+    if ignored_labels is not None:
+        bad = np.argwhere(ignored_labels >= max(int(num_classes), 1))
+        if len(bad):
+            i, j = bad[0]
+            raise ValueError(
+                f"`y_true['ignored_labels']` image {i} row {j} = "
+                f"{ignored_labels[i, j]} is outside [0, num_classes="
+                f"{num_classes}).")
     num_classes = max(int(num_classes), 1)
     if image_shape is not None:
         height, width = int(image_shape[0]), int(image_shape[1])
@@ -168,6 +214,17 @@ def coco_map(y_true, y_pred, bounding_box_format, image_shape=None,
             "bbox": [float(x), float(y), float(w), float(h)],
             "area": float(w * h), "iscrowd": 0,
         })
+    if ignored_boxes is not None:
+        ignored_xywh = _to_pixel_xywh(ignored_boxes, bounding_box_format,
+                                      image_shape)
+        for i, j in np.argwhere(ignored_labels >= 0):
+            x, y, w, h = ignored_xywh[i, j]
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": int(i),
+                "category_id": int(ignored_labels[i, j]) + 1,
+                "bbox": [float(x), float(y), float(w), float(h)],
+                "area": float(w * h), "iscrowd": 1,
+            })
     detections = []
     for i in range(num_images):
         valid = np.flatnonzero(det_valid[i])
@@ -190,7 +247,7 @@ def _cocoeval(num_images, height, width, num_classes, annotations,
     max_dets = sorted({*COCO_MAX_DETECTIONS[:-1], max_detections})
     names = list(STAT_NAMES)
     names[8] = f"mar_{max_detections}"
-    if not annotations:
+    if not any(not a["iscrowd"] for a in annotations):
         _logger.warning("coco_map: no ground-truth boxes; every metric is "
                         "undefined (-1).")
         result = {name: -1.0 for name in names}
@@ -253,7 +310,10 @@ def evaluate(detector, dataset, bounding_box_format, num_classes=None,
             (`boxes`, `scores`, `classes`, `num_detections`, boxes in
             `bounding_box_format`), e.g. an exported serving signature or a
             model followed by decoding and NMS.
-        dataset: batched `tf.data.Dataset` of `(images, {"boxes", "labels"})`.
+        dataset: batched `tf.data.Dataset` of `(images, {"boxes", "labels"})`
+            (plus `"ignored_boxes"`, `"ignored_labels"` when it carries the
+            regions to ignore, e.g. `keras_yolo.data.load(...,
+            return_ignored=True)`; see `coco_map`).
         bounding_box_format: format of the ground truth and the detections.
         num_classes: C (default: inferred, see `coco_map`).
         max_detections: detections kept per image.
@@ -272,11 +332,12 @@ def evaluate(detector, dataset, bounding_box_format, num_classes=None,
         image_shape = tuple(int(s) for s in images.shape[1:3])
         out = detector(images)
         _check_keys("detector(images)", out, DETECTION_KEYS)
-        gts.append({k: _numpy(y_true[k]) for k in ("boxes", "labels")})
+        gts.append({k: _numpy(y_true[k]) for k in ("boxes", "labels")
+                    + IGNORED_KEYS if k in y_true})
         dets.append({k: _numpy(out[k]) for k in DETECTION_KEYS})
     if not gts:
         raise ValueError("`dataset` yielded no batches to evaluate.")
-    y_true = {k: _concat([g[k] for g in gts], -1) for k in ("boxes", "labels")}
+    y_true = {k: _concat([g[k] for g in gts], -1) for k in gts[0]}
     y_pred = {k: _concat([d[k] for d in dets], -1 if k != "num_detections"
                          else 0) for k in DETECTION_KEYS}
     result = coco_map(y_true, y_pred, bounding_box_format, image_shape,

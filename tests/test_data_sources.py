@@ -288,7 +288,27 @@ def test_coco_maps_category_ids_in_order_and_keeps_crowd_out(coco,
     np.testing.assert_allclose(records.boxes[0], [[24, 12, 40, 36]])
     assert records.labels[1].tolist() == [0]
     np.testing.assert_allclose(records.ignored[1], [[5, 5, 25, 25]])
+    assert records.ignored_labels[1].tolist() == [1]
     assert records.labels[2].size == 0
+
+
+def test_coco_crowd_regions_reach_load_letterboxed_with_their_class(
+        coco, yolo_dir):
+    path, content = coco
+    ds = data.load(_write(path, content), images_dir=str(yolo_dir / "images"),
+                   image_size=32, bounding_box_format="xyxy",
+                   return_ignored=True)
+    items = list(ds.as_numpy_iterator())
+    assert [y["ignored_labels"].tolist() for _, y in items] == [[-1], [1],
+                                                                [-1]]
+    # im1 is 64x48: scale 1/2 to 32x24, 4 px of padding on top.
+    np.testing.assert_allclose(items[1][1]["ignored_boxes"],
+                               [[2.5, 6.5, 12.5, 16.5]])
+    assert "ignored_boxes" not in next(iter(data.load(
+        str(path), images_dir=str(yolo_dir / "images"), image_size=32)))[1]
+    with pytest.raises(ValueError, match="return_ignored"):
+        data.load(str(path), images_dir=str(yolo_dir / "images"),
+                  augment=True, return_ignored=True)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -299,6 +319,8 @@ def test_coco_maps_category_ids_in_order_and_keeps_crowd_out(coco,
      r"\[x, y, w, h\]"),
     (lambda c: c["annotations"][1].update(category_id=99),
      r"annotation id 2: field 'category_id' = 99 names no category"),
+    (lambda c: c["annotations"][2].update(category_id=99),
+     r"annotation id 3: field 'category_id' = 99 names no category"),
     (lambda c: c["annotations"][1].update(image_id=99),
      r"annotation id 2: field 'image_id' = 99 names no image"),
     (lambda c: c["annotations"][1].update(bbox=[60, 0, 10, 10]),
@@ -376,6 +398,8 @@ def test_voc_difficult_is_flagged_out_of_targets_and_bad_xml_named(
     assert len(records) == 2
     np.testing.assert_array_equal(records.boxes[0], [[1, 2, 30, 40]])
     np.testing.assert_array_equal(records.ignored[0], [[5, 5, 9, 9]])
+    assert records.ignored_labels[0].tolist() == [0]
+    assert records.ignored_labels[1].size == 0
     kept = data.read(str(yolo_dir), include_difficult=True)
     assert kept.labels[0].tolist() == [1, 0]
     (yolo_dir / "annotations" / "im1.xml").write_text("<annotation><size>")

@@ -282,3 +282,131 @@ def test_confusion_matrix_matches_ultralytics_on_random_detections():
              "cls": torch.tensor(labels[i, keep])})
     assert ours.sum() > 20 and np.trace(ours[:-1, :-1]) > 5
     np.testing.assert_array_equal(ours, reference.matrix)
+
+
+def _pycocotools_map(tmp_path, height, width, truths, detections):
+    """pycocotools run directly on COCO JSON files: `truths` rows
+    `(x, y, w, h, category, iscrowd)`, `detections` rows
+    `(x, y, w, h, score, category)`, one image; returns `stats[:3]`."""
+    import contextlib
+    import io
+    import json
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_file, dt_file = tmp_path / "gt.json", tmp_path / "dt.json"
+    gt_file.write_text(json.dumps({
+        "images": [{"id": 1, "height": height, "width": width,
+                    "file_name": "a.jpg"}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": [
+            {"id": k + 1, "image_id": 1, "category_id": c,
+             "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd}
+            for k, (x, y, w, h, c, crowd) in enumerate(truths)]}))
+    dt_file.write_text(json.dumps([
+        {"image_id": 1, "category_id": c, "bbox": [x, y, w, h], "score": s}
+        for x, y, w, h, s, c in detections]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        ev = COCOeval(gt, gt.loadRes(str(dt_file)), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats[:3]
+
+
+def test_detection_on_a_crowd_region_is_ignored_as_pycocotools_does(
+        tmp_path):
+    # Class 0: truth A, a crowd region R of class 0; class 1: truth B.
+    # Detections: on R as class 0 (0.9, before the hit on A), on R as class
+    # 1 (0.95: R is class 0's, so a false positive of class 1 either way),
+    # then hits on A and B. Without R: class 0's AP is 1/2 (a false positive
+    # first), class 1's 1/2; with R ignored class 0's AP is 1.
+    height, width = 100, 120
+    a, b, r = [10, 10, 40, 40], [70, 10, 100, 40], [50, 50, 110, 95]
+    gt = {"boxes": np.array([[a, b]], np.float32),
+          "labels": np.array([[0, 1]], np.int32)}
+    on_r = [55, 55, 100, 90]
+    det = _det([on_r, on_r, a, b], [0.9, 0.95, 0.8, 0.7], [0, 1, 0, 1])
+    before = metrics.coco_map(gt, det, "xyxy", image_shape=(height, width),
+                              num_classes=2)
+    assert before["map"] == pytest.approx(0.5)
+    gt["ignored_boxes"] = np.array([[r, [0, 0, 0, 0]]], np.float32)
+    gt["ignored_labels"] = np.array([[0, -1]], np.int32)
+    after = metrics.coco_map(gt, det, "xyxy", image_shape=(height, width),
+                             num_classes=2, return_per_class=True)
+    assert after["map"] == pytest.approx(0.75)
+    assert after["per_class_map"] == pytest.approx([1.0, 0.5])
+
+    def xywh(box):
+        return [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+
+    truths = [(*xywh(a), 1, 0), (*xywh(b), 2, 0)]
+    detections = [(*xywh(on_r), 0.9, 1), (*xywh(on_r), 0.95, 2),
+                  (*xywh(a), 0.8, 1), (*xywh(b), 0.7, 2)]
+    direct_before = _pycocotools_map(tmp_path, height, width, truths,
+                                     detections)
+    direct_after = _pycocotools_map(tmp_path, height, width,
+                                    truths + [(*xywh(r), 1, 1)], detections)
+    np.testing.assert_allclose([before[k] for k in ("map", "map50", "map75")],
+                               direct_before)
+    np.testing.assert_allclose([after[k] for k in ("map", "map50", "map75")],
+                               direct_after)
+    # The same in a relative format: the regions are converted like truths.
+    scale = np.array([width, height, width, height], np.float32)
+    rel_gt = {k: v / scale if k.endswith("boxes") else v
+              for k, v in gt.items()}
+    rel_det = dict(det, boxes=det["boxes"] / scale)
+    rel = metrics.coco_map(rel_gt, rel_det, "rel_xyxy",
+                           image_shape=(height, width), num_classes=2)
+    assert rel["map"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="'ignored_boxes' without "
+                       "'ignored_labels'"):
+        metrics.coco_map({"boxes": gt["boxes"], "labels": gt["labels"],
+                          "ignored_boxes": gt["ignored_boxes"]}, det, "xyxy")
+
+
+def test_evaluate_reads_ignored_regions_from_the_dataset_batches():
+    import tensorflow as tf
+
+    # Two batches whose ignored rows are padded to different widths.
+    images = np.zeros((3, 100, 100, 3), np.float32)
+    boxes = np.array([[[10, 10, 40, 40]]] * 3, np.float32)
+    labels = np.zeros((3, 1), np.int32)
+    region = [50, 50, 90, 90]
+    batches = [
+        (images[:2], {"boxes": boxes[:2], "labels": labels[:2],
+                      "ignored_boxes": np.array([[region], [region]],
+                                                np.float32),
+                      "ignored_labels": np.array([[0], [-1]], np.int32)}),
+        (images[2:], {"boxes": boxes[2:], "labels": labels[2:],
+                      "ignored_boxes": np.zeros((1, 2, 4), np.float32),
+                      "ignored_labels": np.full((1, 2), -1, np.int32)})]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(batches), output_signature=(
+            tf.TensorSpec((None, 100, 100, 3), tf.float32),
+            {"boxes": tf.TensorSpec((None, 1, 4), tf.float32),
+             "labels": tf.TensorSpec((None, 1), tf.int32),
+             "ignored_boxes": tf.TensorSpec((None, None, 4), tf.float32),
+             "ignored_labels": tf.TensorSpec((None, None), tf.int32)}))
+
+    def detector(x):
+        # Per image: a hit on the truth (0.5) and a box on the region (0.9).
+        n = x.shape[0]
+        return {"boxes": np.array([[region, [10, 10, 40, 40]]] * n,
+                                  np.float32),
+                "scores": np.array([[0.9, 0.5]] * n, np.float32),
+                "classes": np.zeros((n, 2), np.int32),
+                "num_detections": np.full((n,), 2, np.int32)}
+
+    result = metrics.evaluate(detector, dataset, "xyxy", num_classes=1)
+    # Image 0's region detection is ignored; images 1 and 2 have no region,
+    # so their two 0.9 detections are false positives ranked first:
+    # precision 0, 0, 1/3, 2/4, 3/5 at recall 0, 0, 1/3, 2/3, 1 -> AP 3/5.
+    assert result["map"] == pytest.approx(0.6, abs=1e-6)
+    plain = metrics.evaluate(detector, dataset.map(
+        lambda x, y: (x, {"boxes": y["boxes"], "labels": y["labels"]})),
+        "xyxy", num_classes=1)
+    # Without the regions: 3 false positives first -> 1/2.
+    assert plain["map"] == pytest.approx(0.5, abs=1e-6)

@@ -45,7 +45,7 @@ def load(source, split="train", image_size=640, augment=False,
          images_dir=None, on_error="raise", seed=0, cache=None,
          shuffle=False, format=None, class_names=None, shard=None,
          include_difficult=False, num_images=512, num_classes=3,
-         augment_options=None):
+         augment_options=None, return_ignored=False):
     """An unbatched dataset of letterboxed (or augmented) images and boxes.
 
     Args:
@@ -79,26 +79,37 @@ def load(source, split="train", image_size=640, augment=False,
         include_difficult: keep VOC `difficult` objects as targets.
         num_images, num_classes: size and classes of `"shapes"`.
         augment_options: keywords for `training_pipeline`.
+        return_ignored: also yield the regions kept out of the targets
+            (COCO crowd, VOC difficult; `Records.ignored`) as
+            `"ignored_boxes"` (K, 4) in `bounding_box_format` and
+            `"ignored_labels"` (K,) int32 padded with -1, K the most of one
+            image (at least 1), for `keras_yolo.metrics.evaluate` to ignore
+            detections on them as COCO does. Evaluation data only: not with
+            `augment=True`.
 
     Returns:
         `tf.data.Dataset` of `(image float32 (S, S, 3) in [0, 1],
         {"boxes": (M, 4) float32, "labels": (M,) int32})`, padded rows with
-        label -1 and zero boxes. `dataset.class_names` lists the classes
-        and `dataset.records` holds the `sources.Records` (None for shapes).
+        label -1 and zero boxes (plus the ignored regions with
+        `return_ignored`). `dataset.class_names` lists the classes and
+        `dataset.records` holds the `sources.Records` (None for shapes).
 
     Example:
         >>> ds = load("coco128/coco128.yaml", split="val", image_size=320)
         >>> image, y = next(iter(ds))
         >>> ds.class_names[:2]              # ['person', 'bicycle']
     """
+    if return_ignored and augment:
+        raise ValueError("return_ignored=True is for evaluation data; it "
+                         "does not go with augment=True.")
     if cache is not None and cache != "ram" and not str(cache).startswith(
             "disk:"):
         raise ValueError(f"`cache` must be None, 'ram' or 'disk:PATH'; got "
                          f"{cache!r}.")
     if str(source) == "shapes":
         samples, names, records = _shapes_samples(
-            split, image_size, num_images, num_classes, seed)
-        count, most = num_images, None
+            split, image_size, num_images, num_classes, seed, return_ignored)
+        count, most, most_ignored = num_images, None, 1
         if shuffle and not cache:  # generated in memory: shuffle samples
             samples = samples.shuffle(count, seed=seed,
                                       reshuffle_each_iteration=True)
@@ -113,8 +124,10 @@ def load(source, split="train", image_size=640, augment=False,
                 f"{records.source}: split {split!r} holds no usable image.")
         names = records.class_names
         samples, count = _file_samples(records, shard, shuffle and not cache,
-                                       seed, augment, image_size)
+                                       seed, augment, image_size,
+                                       return_ignored)
         most = max(len(b) for b in records.boxes)
+        most_ignored = max([len(b) for b in records.ignored] + [1])
     if max_boxes is None:
         most = most if most is not None else 12
         max_boxes = max(most * (AUGMENT_BOX_FACTOR if augment else 1), 1)
@@ -144,7 +157,8 @@ def load(source, split="train", image_size=640, augment=False,
             samples = samples.apply(tf.data.experimental.assert_cardinality(
                 count))
     finish = _finisher(image_size, bounding_box_format, max_boxes,
-                       truncate=on_error == "skip")
+                       truncate=on_error == "skip",
+                       max_ignored=most_ignored if return_ignored else None)
     dataset = samples.map(finish, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     options = tf.data.Options()
@@ -158,19 +172,31 @@ def load(source, split="train", image_size=640, augment=False,
     return dataset
 
 
-def _file_samples(records, shard, shuffle, seed, augment, image_size):
+def _ragged_rows(boxes, labels):
+    """Per-image `(n_i, 4)` boxes and `(n_i,)` labels as one flat constant
+    each plus row splits; `rows(i)` slices image i's."""
+    counts = np.array([len(b) for b in boxes], np.int64)
+    splits = tf.constant(np.concatenate([[0], np.cumsum(counts)]))
+    flat_boxes = tf.constant(np.concatenate(
+        list(boxes) + [np.zeros((0, 4), np.float32)]).astype(np.float32))
+    flat_labels = tf.constant(np.concatenate(
+        list(labels) + [np.zeros((0,), np.int32)]).astype(np.int32))
+
+    def rows(i):
+        return (flat_boxes[splits[i]:splits[i + 1]],
+                flat_labels[splits[i]:splits[i + 1]])
+
+    return rows
+
+
+def _file_samples(records, shard, shuffle, seed, augment, image_size,
+                  return_ignored=False):
     """Decoded samples: letterboxed `(S, S, 3)` float + boxes (augment=False)
     or `(h, w, 3)` uint8 with long side S + boxes (augment=True); boxes
-    unpadded `xyxy` pixels."""
-    counts = np.array([len(b) for b in records.boxes], np.int64)
-    splits = np.concatenate([[0], np.cumsum(counts)])
-    flat_boxes = np.concatenate(records.boxes + [np.zeros((0, 4),
-                                                          np.float32)])
-    flat_labels = np.concatenate(records.labels + [np.zeros((0,), np.int32)])
+    unpadded `xyxy` pixels (and the ignored regions with `return_ignored`)."""
     paths = tf.constant(records.image_paths)
-    splits_t = tf.constant(splits)
-    boxes_t = tf.constant(flat_boxes.astype(np.float32))
-    labels_t = tf.constant(flat_labels.astype(np.int32))
+    target_rows = _ragged_rows(records.boxes, records.labels)
+    ignored_rows = _ragged_rows(records.ignored, records.ignored_labels)
     indices = tf.data.Dataset.range(len(records))
     count = len(records)
     if shard:
@@ -185,15 +211,19 @@ def _file_samples(records, shard, shuffle, seed, augment, image_size):
         data = tf.io.read_file(paths[i])
         image = tf.io.decode_image(data, channels=3, expand_animations=False,
                                    dtype=tf.uint8)
-        boxes = boxes_t[splits_t[i]:splits_t[i + 1]]
-        labels = labels_t[splits_t[i]:splits_t[i + 1]]
+        boxes, labels = target_rows(i)
         if not augment:
             image, params = letterbox(image, image_size)
             # uint8 until the last map: a quarter of the memory in caches,
             # shuffle and prefetch buffers (as ultralytics keeps images).
             image = tf.cast(tf.round(image * 255.0), tf.uint8)
-            return image, {"boxes": letterbox_boxes(boxes, params),
-                           "labels": labels}
+            target = {"boxes": letterbox_boxes(boxes, params),
+                      "labels": labels}
+            if return_ignored:
+                regions, region_labels = ignored_rows(i)
+                target["ignored_boxes"] = letterbox_boxes(regions, params)
+                target["ignored_labels"] = region_labels
+            return image, target
         image, boxes = _fit_long_side(image, boxes, image_size)
         return image, {"boxes": boxes, "labels": labels}
 
@@ -213,8 +243,10 @@ def _fit_long_side(image, boxes, size):
     return resized, boxes * tf.tile(scale, [2])
 
 
-def _shapes_samples(split, image_size, num_images, num_classes, seed):
-    """The synthetic shapes as unpadded samples (square: no letterbox)."""
+def _shapes_samples(split, image_size, num_images, num_classes, seed,
+                    return_ignored=False):
+    """The synthetic shapes as unpadded samples (square: no letterbox);
+    with `return_ignored`, no ignored region."""
     images, gt = generate(num_images, image_size, num_classes, max_boxes=20,
                           seed=seed if split == "train" else seed + 1000)
     dataset = tf.data.Dataset.from_tensor_slices(
@@ -222,8 +254,12 @@ def _shapes_samples(split, image_size, num_images, num_classes, seed):
 
     def unpad(image, boxes, labels):
         keep = labels >= 0
-        return image, {"boxes": tf.boolean_mask(boxes, keep),
-                       "labels": tf.boolean_mask(labels, keep)}
+        target = {"boxes": tf.boolean_mask(boxes, keep),
+                  "labels": tf.boolean_mask(labels, keep)}
+        if return_ignored:
+            target["ignored_boxes"] = tf.zeros([0, 4])
+            target["ignored_labels"] = tf.zeros([0], tf.int32)
+        return image, target
 
     return dataset.map(unpad), list(CLASS_NAMES[:num_classes]), None
 
@@ -247,9 +283,20 @@ def _augment(samples, image_size, seed, options):
                                          **options)
 
 
-def _finisher(image_size, bounding_box_format, max_boxes, truncate):
-    """Image to float [0, 1]; `xyxy` pixel boxes to the format, padded."""
+def _finisher(image_size, bounding_box_format, max_boxes, truncate,
+              max_ignored=None):
+    """Image to float [0, 1]; `xyxy` pixel boxes to the format, padded
+    (the ignored regions too, to `max_ignored` rows, when given)."""
     shape = (image_size, image_size)
+
+    def convert_and_pad(boxes, labels, rows):
+        boxes = box_ops.convert(boxes, "xyxy", bounding_box_format,
+                                image_shape=shape)
+        missing = rows - tf.shape(labels)[0]
+        boxes = tf.pad(boxes, [[0, missing], [0, 0]])
+        labels = tf.pad(labels, [[0, missing]], constant_values=-1)
+        return (tf.ensure_shape(boxes, (rows, 4)),
+                tf.ensure_shape(labels, (rows,)))
 
     def finish(image, y):
         if image.dtype == tf.uint8:
@@ -263,13 +310,15 @@ def _finisher(image_size, bounding_box_format, max_boxes, truncate):
             tf.debugging.assert_less_equal(
                 count, max_boxes, message=f"an image has more boxes than "
                 f"max_boxes={max_boxes}; raise max_boxes")
-        boxes, labels = boxes[:max_boxes], labels[:max_boxes]
-        boxes = box_ops.convert(boxes, "xyxy", bounding_box_format,
-                                image_shape=shape)
-        missing = max_boxes - tf.shape(labels)[0]
-        boxes = tf.pad(boxes, [[0, missing], [0, 0]])
-        labels = tf.pad(labels, [[0, missing]], constant_values=-1)
-        return image, {"boxes": tf.ensure_shape(boxes, (max_boxes, 4)),
-                       "labels": tf.ensure_shape(labels, (max_boxes,))}
+        boxes, labels = convert_and_pad(boxes[:max_boxes],
+                                        labels[:max_boxes], max_boxes)
+        target = {"boxes": boxes, "labels": labels}
+        if max_ignored is not None:
+            target["ignored_boxes"], target["ignored_labels"] = \
+                convert_and_pad(
+                    tf.reshape(tf.cast(y["ignored_boxes"], tf.float32),
+                               (-1, 4)),
+                    tf.reshape(y["ignored_labels"], (-1,)), max_ignored)
+        return image, target
 
     return finish

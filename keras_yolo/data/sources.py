@@ -14,10 +14,13 @@ Sources (`format=None` detects them):
 | `coco`   | a COCO JSON (`images_dir=` the image folder; the JSON is the split) |
 | `voc`    | a Pascal VOC folder: `annotations/*.xml` (or `Annotations/`) beside `images/` (or `JPEGImages/`); `splits/<split>.txt` or `ImageSets/Main/<split>.txt`, all images when there is none |
 
-Kept out of training targets, into `Records.ignored`: COCO `iscrowd=1`
-regions (COCO's evaluation ignores them too) and VOC objects flagged
-`difficult=1` (as ultralytics' VOC conversion and the VOC evaluation do;
-`include_difficult=True` keeps them as targets).
+Kept out of training targets, into `Records.ignored` (with their classes in
+`Records.ignored_labels`): COCO `iscrowd=1` regions and VOC objects flagged
+`difficult=1` (as ultralytics' VOC conversion does; `include_difficult=True`
+keeps them as targets). `keras_yolo.data.load(..., return_ignored=True)`
+carries them to `keras_yolo.metrics`, which ignores them as COCO does: a
+detection matching one is neither a true nor a false positive. Their class
+ids are checked like a target's; their boxes are clipped to the image.
 
 VOC and COCO coordinates are taken as written (no 1-pixel shift of VOC's
 1-based convention), so the three formats of the shipped raccoon set agree.
@@ -80,6 +83,7 @@ class Records:
         labels: list of N `(n_i,)` int32 arrays in `[0, num_classes)`.
         ignored: list of N `(k_i, 4)` float32 arrays, `xyxy` pixels: regions
             that are not training targets (COCO crowd, VOC difficult).
+        ignored_labels: list of N `(k_i,)` int32 arrays, their classes.
         image_sizes: `(N, 2)` int array of `(height, width)`.
         class_names: list of C names.
         source: the path read, for messages.
@@ -90,6 +94,7 @@ class Records:
     boxes: list
     labels: list
     ignored: list
+    ignored_labels: list
     image_sizes: np.ndarray
     class_names: list
     source: str
@@ -207,11 +212,12 @@ def _finish(paths, rows, ignored, class_names, source, fmt, problems,
     """Scans the images, converts `rel` rows to pixels, checks every row.
 
     `rows[i]` is a list of `(label, box, where, relative)`; `box` is
-    `xyxy` (pixels, or fractions when `relative`).
+    `xyxy` (pixels, or fractions when `relative`). `ignored[i]` (or None)
+    is a list of `(label, xyxy pixels, where)` regions.
     """
     sizes, reasons = scan_images(paths)
     keep = []
-    out_boxes, out_labels, out_ignored = [], [], []
+    out_boxes, out_labels, out_ignored, out_ignored_labels = [], [], [], []
     num_classes = len(class_names)
     for i, path in enumerate(paths):
         if reasons[i] is not None:
@@ -237,17 +243,30 @@ def _finish(paths, rows, ignored, class_names, source, fmt, problems,
                 break
             boxes.append(np.clip(box, 0, [width, height, width, height]))
             labels.append(label)
+        regions = ignored[i] if ignored else []
+        for label, box, where in [] if bad else regions:
+            if not 0 <= label < num_classes:
+                problems("class id outside the class list",
+                         f"{where}: field 'class' = {label} is outside "
+                         f"[0, {num_classes})")
+                bad = True
+                break
         if bad:
             continue
         keep.append(i)
         out_boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
         out_labels.append(np.asarray(labels, np.int32))
-        regions = np.asarray(ignored[i] if ignored else [], np.float32)
-        out_ignored.append(regions.reshape(-1, 4))
+        region_boxes = np.asarray([box for _, box, _ in regions],
+                                  np.float64).reshape(-1, 4)
+        out_ignored.append(np.clip(region_boxes, 0, [width, height, width,
+                                                     height]
+                                   ).astype(np.float32))
+        out_ignored_labels.append(np.asarray([label for label, _, _ in
+                                             regions], np.int32))
     problems.log_summary(len(keep), len(paths))
     _validate(out_boxes, out_labels, sizes[keep], num_classes, source)
     return Records([paths[i] for i in keep], out_boxes, out_labels,
-                   out_ignored, sizes[keep].reshape(-1, 2),
+                   out_ignored, out_ignored_labels, sizes[keep].reshape(-1, 2),
                    list(class_names), source, fmt)
 
 
@@ -653,15 +672,15 @@ def read_coco_json(path, images_dir=None, on_error="raise"):
             bad_images.add(target)
             continue
         x, y, w, h = (float(v) for v in bbox)
-        if ann.get("iscrowd", 0):
-            ignored[target].append([x, y, x + w, y + h])
-            continue
         label = index.get(ann["category_id"], len(names))
         if ann["category_id"] not in index:
             problems("class id outside the class list",
                      f"{where}: field 'category_id' = {ann['category_id']} "
                      "names no category")
             bad_images.add(target)
+            continue
+        if ann.get("iscrowd", 0):
+            ignored[target].append((label, [x, y, x + w, y + h], where))
             continue
         rows[target].append((label, [x, y, x + w, y + h], where, False))
     base = _coco_images_dir(path, images, images_dir)
@@ -778,7 +797,8 @@ def read_voc(directory, split="train", class_names=None, on_error="raise",
         image_rows, image_ignored = [], []
         for name, box, difficult, where in objects:
             if difficult and not include_difficult:
-                image_ignored.append(box)
+                image_ignored.append((index.get(name, len(class_names)), box,
+                                      f"{where} name {name!r}"))
                 continue
             if name not in index:
                 image_rows.append((len(class_names), box,
