@@ -11,3 +11,4 @@ from keras_yolo.models.yolov4 import cspdarknet53, yolov4, yolov4_tiny
 from keras_yolo.models.yolov5 import yolov5
 from keras_yolo.models.darknet_order import darknet_layer_names
 from keras_yolo.models.small_v4 import small_v4
+from keras_yolo.models.yolov8 import yolov8, yolov8_size
