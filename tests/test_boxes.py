@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import require_peer
 
 from keras_yolo import boxes
 
@@ -181,3 +182,110 @@ def test_identical_tiny_boxes_in_relative_formats_overlap_fully():
     a = np.array([[0.5, 0.5, 2 / 640, 2 / 640]], np.float32)
     b = a + np.array([[1 / 640, 0, 0, 0]], np.float32)
     np.testing.assert_allclose(boxes.iou(a, b, "rel_center_xywh", "iou"), [1 / 3], rtol=1e-4)
+
+
+# -- conventions: the guards of darknet and ultralytics ----------------------
+
+def np_darknet_box_iou(b1, b2):
+    """darknet box.c `box_iou` of centre-size boxes, float64, line for line."""
+    def overlap(x1, w1, x2, w2):
+        left = np.maximum(x1 - w1 / 2, x2 - w2 / 2)
+        right = np.minimum(x1 + w1 / 2, x2 + w2 / 2)
+        return right - left
+    w = overlap(b1[..., 0], b1[..., 2], b2[..., 0], b2[..., 2])
+    h = overlap(b1[..., 1], b1[..., 3], b2[..., 1], b2[..., 3])
+    inter = np.where((w < 0) | (h < 0), 0.0, w * h)
+    union = b1[..., 2] * b1[..., 3] + b2[..., 2] * b2[..., 3] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union == 0, 0.0, inter / union)
+
+
+def random_centre(rng, n, negative=False):
+    xy = rng.uniform(0, 1, (n, 2))
+    wh = rng.uniform(-0.3 if negative else 0.0, 0.5, (n, 2))
+    return np.concatenate([xy, wh], -1)
+
+
+def test_darknet_convention_is_darknets_box_iou_also_for_negative_sizes():
+    rng = np.random.default_rng(5)
+    # A linear YOLOv1 head can predict negative widths; darknet still computes.
+    b1, b2 = random_centre(rng, 4000, negative=True), random_centre(rng, 4000, negative=True)
+    b1[:5, 2:] = 0.0
+    b2[:5] = b1[:5]  # empty unions: 0, not NaN
+    got = boxes.iou(b1.astype(np.float32), b2.astype(np.float32), "rel_center_xywh", "iou",
+                    convention="darknet").numpy()
+    expected = np_darknet_box_iou(b1, b2)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    np.testing.assert_array_equal(got[:5], 0.0)
+
+
+def test_darknet_diou_nms_criterion():
+    """darknet box.c `box_diounms(a, b, beta)` on corner boxes."""
+    rng = np.random.default_rng(6)
+    a, b = random_xyxy(rng, 300), random_xyxy(rng, 300)
+    b[0] = a[0]  # identical: c² > 0, rho = 0
+    got = boxes.iou(a.astype(np.float32), b.astype(np.float32), "xyxy", "diou",
+                    convention="darknet", diou_exponent=0.6).numpy()
+    iou = np_overlaps(a, b, "iou")
+    cw = np.maximum(a[:, 2], b[:, 2]) - np.minimum(a[:, 0], b[:, 0])
+    ch = np.maximum(a[:, 3], b[:, 3]) - np.minimum(a[:, 1], b[:, 1])
+    d = ((a[:, 0] + a[:, 2] - b[:, 0] - b[:, 2]) / 2) ** 2 + ((a[:, 1] + a[:, 3] - b[:, 1] - b[:, 3]) / 2) ** 2
+    np.testing.assert_allclose(got, iou - (d / (cw**2 + ch**2)) ** 0.6, atol=3e-6)
+    # c = 0 (two identical points): darknet returns the plain IoU, 0.
+    point = np.array([[1.0, 1.0, 1.0, 1.0]], np.float32)
+    assert boxes.iou(point, point, "xyxy", "diou", convention="darknet",
+                     diou_exponent=0.6).numpy()[0] == 0.0
+
+
+def test_darknet_convention_refuses_variants_darknet_does_not_define_here():
+    with pytest.raises(ValueError, match="darknet"):
+        boxes.iou([[0.0, 0, 1, 1]], [[0.0, 0, 1, 1]], "xyxy", "giou", convention="darknet")
+    with pytest.raises(ValueError, match="convention"):
+        boxes.iou([[0.0, 0, 1, 1]], [[0.0, 0, 1, 1]], "xyxy", "iou", convention="torch")
+
+
+@pytest.mark.parametrize("variant", ["iou", "giou", "diou", "ciou"])
+@pytest.mark.parametrize("xywh", [True, False])
+@pytest.mark.parametrize("eps", [1e-7, 1e-3])
+def test_ultralytics_convention_matches_bbox_iou(variant, xywh, eps):
+    ref = require_peer("yolov5_reference").load()
+    torch = ref.torch
+    rng = np.random.default_rng(7)
+    b1, b2 = random_xyxy(rng, 2000, scale=40.0), random_xyxy(rng, 2000, scale=40.0)
+    b1[:3, 3] = b1[:3, 1]  # zero heights: the xyxy path clamps them to eps
+    if xywh:
+        b1 = boxes.convert(b1, "xyxy", "center_xywh").numpy()
+        b2 = boxes.convert(b2, "xyxy", "center_xywh").numpy()
+        b1[:3, 3] = 0.5   # ultralytics divides by a zero height there: NaN
+    b1, b2 = b1.astype(np.float32), b2.astype(np.float32)
+    flags = {"GIoU": variant == "giou", "DIoU": variant == "diou", "CIoU": variant == "ciou"}
+    expected = ref.metrics.bbox_iou(torch.from_numpy(b1), torch.from_numpy(b2), xywh=xywh,
+                                    eps=eps, **flags).numpy()[..., 0]
+    got = boxes.iou(b1, b2, "center_xywh" if xywh else "xyxy", variant,
+                    convention="ultralytics", eps=eps).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("convention", ["stable", "darknet", "ultralytics"])
+def test_pairwise_takes_leading_batch_axes(convention):
+    rng = np.random.default_rng(8)
+    b1 = np.stack([random_centre(rng, 6) for _ in range(3)]).astype(np.float32)
+    b2 = np.stack([random_centre(rng, 4) for _ in range(3)]).astype(np.float32)
+    b1[..., 2:] += 0.01
+    b2[..., 2:] += 0.01
+    got = boxes.iou(b1, b2, "rel_center_xywh", "iou", pairwise=True, convention=convention)
+    assert got.shape == (3, 6, 4)
+    every = boxes.iou(b1[:, :, None], b2[:, None], "rel_center_xywh", "iou", convention=convention)
+    np.testing.assert_array_equal(got, every)
+    np.testing.assert_allclose(got, np_darknet_box_iou(b1[:, :, None].astype(np.float64),
+                                                       b2[:, None].astype(np.float64)),
+                               atol=1e-5)
+
+
+def test_ultralytics_ciou_gradient_is_finite_for_a_zero_height():
+    p = tf.Variable([[5.0, 5.0, 2.0, 0.0]])
+    t = tf.constant([[5.0, 5.0, 2.0, 2.0]])
+    with tf.GradientTape() as tape:
+        out = boxes.iou(p, t, "center_xywh", "ciou", convention="ultralytics")
+    assert np.isfinite(out.numpy()).all()
+    assert np.isfinite(tape.gradient(out, p).numpy()).all()
