@@ -8,11 +8,19 @@ For a truth `g` and an anchor point `n` with predicted class probabilities
 1. candidates: points strictly inside `g` (sides shorter than
    `min_size`, ultralytics' `stride[1]`, are first widened to it about the
    centre);
-2. each truth keeps its `topk` candidates of largest `t`;
+2. each truth keeps its `topk` candidates of largest `t` (only those of
+   positive `t`, see "Ties" below);
 3. a point kept by several truths goes to the truth of highest CIoU with its
    prediction (over every truth that has it as a candidate);
 4. targets: the truth's box and one-hot class, the class scaled by
    `t(g, n) / max_n t(g, n) * max_n CIoU(g, n)` over `g`'s positives.
+
+Ties: when a truth has fewer than `topk` candidates of positive `t`,
+ultralytics' `torch.topk` also keeps some of zero `t`, in an order torch
+leaves unspecified; they become positives with a zero target and zero box
+weight, so they change no loss term, except that such a point, shared with
+a second truth, is handed to the truth of highest overlap. Here they are
+not kept; the targets and the loss are ultralytics' otherwise.
 
 Everything is dense `(B, M, N)` (M truth rows, N points) with static
 shapes, so it compiles with XLA; padding rows (mask False) take no part.
@@ -171,7 +179,8 @@ class TaskAlignedAssigner:
         picked = tf.scatter_nd(tf.stack([b_idx, m_idx, top], -1),
                                tf.ones_like(top, tf.int32),
                                tf.shape(align)) > 0
-        mask_pos = picked & inside & mask[..., None]
+        # Only points of positive alignment: see "Ties" in the class doc.
+        mask_pos = picked & in_mask & (align > 0)
 
         # 3. a point picked by several truths: highest overlap wins.
         multi = tf.reduce_sum(tf.cast(mask_pos, tf.int32), 1) > 1  # (B, N)
