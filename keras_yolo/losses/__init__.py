@@ -4,3 +4,4 @@ from keras_yolo.losses.yolo_v2 import YoloV2Loss
 from keras_yolo.losses.yolo_v5 import YoloV5Loss, scale_hyperparameters
 from keras_yolo.losses.yolo_v3 import YoloV3Loss
 from keras_yolo.losses.yolo_v4 import YoloV4Loss
+from keras_yolo.losses.yolo_v8 import YoloV8Loss
