@@ -18,3 +18,4 @@ from keras_yolo.postprocess import NonMaxSuppression
 from keras_yolo.layers.yolo_v3_decode import YoloV3Decode
 from keras_yolo.layers.yolo_v4_decode import YoloV4Decode
 from keras_yolo.layers.pan import apply_pan
+from keras_yolo.layers.yolo_v8_decode import YoloV8Decode
