@@ -3,12 +3,11 @@
 import keras
 import tensorflow as tf
 
-from keras_yolo import boxes as box_ops
-from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v1 as assign
 from keras_yolo.layers.yolo_v1_decode import (
-    check_format, check_positive_int, ensure_raw_shape, parametrize,
-    split_raw)
+    ensure_raw_shape, parametrize, split_raw)
+from keras_yolo.losses.base import (
+    YoloLoss, check_non_negative, check_positive_int)
 
 # Darknet's cfg/yolov1.cfg [detection] section, used by darknet_compat=True
 # for every darknet argument left at None (coord_scale and noobject_scale
@@ -20,7 +19,7 @@ DARKNET_ARGUMENTS = ("coord_scale", "object_scale", "noobject_scale",
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
-class YoloV1Loss(keras.losses.Loss):
+class YoloV1Loss(YoloLoss):
     """YOLOv1 objective: sum-squared error over the S x S grid.
 
     With 1^obj_i "an object's centre is in cell i", 1^obj_ij "predictor j of
@@ -34,7 +33,8 @@ class YoloV1Loss(keras.losses.Loss):
         noobj = λ_noobj Σ_i Σ_j 1^noobj_ij (0 - Ĉ)²
         cls   = Σ_i 1^obj_i Σ_c (p_i(c) - p̂_i(c))²
 
-    and the loss is their sum averaged over the batch (divided by B). The
+    and the loss is their sum averaged over the batch (divided by B; the
+    per-image sums with `reduction="none"`, see `YoloLoss`). The
     IoU target carries no gradient. Units: `x, y` offsets of the centre in
     its cell (cell units), `w, h` fractions of the image. Assignment
     (`keras_yolo.assign.yolo_v1`): one object per cell, the first in
@@ -80,11 +80,14 @@ class YoloV1Loss(keras.losses.Loss):
             `darknet_compat=True`; `None` takes `cfg/yolov1.cfg`'s values
             (`coord_scale = lambda_coord`, `noobject_scale = lambda_noobj`,
             object and class scale 1, rescore and sqrt on, softmax off).
+        reduction: of the per-image sums, as `YoloLoss` documents (default
+            their mean over the batch, the formula above).
 
     Call:
         `y_true = {"boxes": (B, M, 4), "labels": (B, M)}` padded with label
-        -1; `y_pred` the raw `(B, S, S, Bx*5 + C)` output, any float dtype.
-        B and M may be unknown when the step is traced (`padded_batch`).
+        -1; `y_pred` the raw `(B, S, S, Bx*5 + C)` output (or a list of
+        it), any float dtype; optional `sample_weight` per image. B and M
+        may be unknown when the step is traced (`padded_batch`).
         Returns a float32 scalar; `components()` gives `"box"`, `"obj"`,
         `"noobj"`, `"cls"`, which sum to it. Ground truth goes through
         `keras_yolo.assign.groundtruth.sanitize`: an invalid row (label
@@ -109,16 +112,18 @@ class YoloV1Loss(keras.losses.Loss):
                  parametrization=None, darknet_compat=False,
                  coord_scale=None, object_scale=None, noobject_scale=None,
                  class_scale=None, rescore=None, sqrt=None, softmax=None,
-                 name="yolo_v1_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        check_positive_int("num_classes", num_classes)
+                 reduction="sum_over_batch_size", name="yolo_v1_loss",
+                 dtype=None):
+        super().__init__(num_classes, bounding_box_format,
+                         reduction=reduction, name=name, dtype=dtype)
         check_positive_int("grid_size", grid_size)
         check_positive_int("boxes_per_cell", boxes_per_cell)
-        for arg, value in (("lambda_coord", lambda_coord),
-                           ("lambda_noobj", lambda_noobj)):
-            if not value >= 0:
-                raise ValueError(f"`{arg}` must be >= 0; got {value!r}.")
-        check_format(bounding_box_format, image_shape)
+        check_non_negative(lambda_coord=lambda_coord,
+                           lambda_noobj=lambda_noobj)
+        if not bounding_box_format.startswith("rel_") and image_shape is None:
+            raise ValueError(
+                f"bounding_box_format={bounding_box_format!r} is in pixels: "
+                "pass `image_shape=(height, width)` of the input image.")
         darknet = dict(coord_scale=coord_scale, object_scale=object_scale,
                        noobject_scale=noobject_scale, class_scale=class_scale,
                        rescore=rescore, sqrt=sqrt, softmax=softmax)
@@ -138,12 +143,10 @@ class YoloV1Loss(keras.losses.Loss):
             raise ValueError(
                 "darknet_compat=True reads raw outputs as darknet does: "
                 f"parametrization must be 'linear'; got {parametrization!r}.")
-        self.num_classes = num_classes
         self.grid_size = grid_size
         self.boxes_per_cell = boxes_per_cell
         self.lambda_coord = float(lambda_coord)
         self.lambda_noobj = float(lambda_noobj)
-        self.bounding_box_format = bounding_box_format
         self.image_shape = None if image_shape is None else tuple(image_shape)
         self.parametrization = parametrization
         self.darknet_compat = bool(darknet_compat)
@@ -155,8 +158,15 @@ class YoloV1Loss(keras.losses.Loss):
         resolved.update({k: v for k, v in darknet.items() if v is not None})
         self._darknet = resolved
 
-    def _per_image_terms(self, y_true, y_pred):
+    def check_levels(self, y_pred):
+        """The one `(B, S, S, Bx*5 + C)` output (a tensor or a list of it);
+        an unknown grid or depth is checked at run time."""
         s, n, c = self.grid_size, self.boxes_per_cell, self.num_classes
+        if isinstance(y_pred, (list, tuple)):
+            if len(y_pred) != 1:
+                raise ValueError("YoloV1Loss takes one y_pred output; got a "
+                                 f"list of {len(y_pred)}.")
+            y_pred = y_pred[0]
         y_pred = tf.convert_to_tensor(y_pred)
         y_pred = ensure_raw_shape(y_pred, s, n, c, "YoloV1Loss")
         if y_pred.shape.rank != 4 or tuple(y_pred.shape[1:]) != (s, s, n * 5 + c):
@@ -164,19 +174,22 @@ class YoloV1Loss(keras.losses.Loss):
                 f"YoloV1Loss(grid_size={s}, boxes_per_cell={n}, num_classes="
                 f"{c}) expects y_pred of shape (batch, {s}, {s}, {n * 5 + c}); "
                 f"got {tuple(y_pred.shape)}.")
-        y_pred = tf.cast(y_pred, tf.float32)
+        return [tf.cast(y_pred, tf.float32)]
+
+    def input_image_shape(self, levels):
+        return self.image_shape
+
+    def terms(self, truth, levels):
+        """Per-image `"box"`, `"obj"`, `"noobj"`, `"cls"`, each `(B,)`."""
+        s, n, c = self.grid_size, self.boxes_per_cell, self.num_classes
+        y_pred = levels[0]
         compat = self.darknet_compat
         opts = self._darknet
         sqrt = opts["sqrt"] if compat else None
         softmax = opts["softmax"] if compat else None
         pred = parametrize(y_pred, n, c, self.parametrization, sqrt, softmax)
 
-        boxes, labels = groundtruth.sanitize(
-            y_true, c, self.bounding_box_format, self.image_shape)
-        truth_boxes = box_ops.convert(
-            tf.cast(boxes, tf.float32), self.bounding_box_format,
-            "rel_center_xywh", self.image_shape)
-        target = assign.cell_targets(truth_boxes, labels, s, c)
+        target = assign.cell_targets(truth.boxes, truth.labels, s, c)
         obj_cell = target["object_mask"]                          # (B, S, S)
         t_box = target["boxes"]                                   # (B, S, S, 4)
 
@@ -227,28 +240,11 @@ class YoloV1Loss(keras.losses.Loss):
             "cls": per_image(obj_cell * cls),
         }
 
-    def components(self, y_true, y_pred):
-        """Dict of scalars `"box"`, `"obj"`, `"noobj"`, `"cls"` (batch means)."""
-        terms = self._per_image_terms(y_true, y_pred)
-        return {k: tf.reduce_mean(v) for k, v in terms.items()}
-
-    def call(self, y_true, y_pred):
-        return tf.add_n(list(self.components(y_true, y_pred).values()))
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        if sample_weight is not None:
-            raise ValueError("YoloV1Loss does not take `sample_weight`; got "
-                             f"{sample_weight!r}.")
-        # The base class would try to flatten and mask the ground-truth dict.
-        return self.call(y_true, y_pred)
-
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_classes=self.num_classes, grid_size=self.grid_size,
-            boxes_per_cell=self.boxes_per_cell,
+            grid_size=self.grid_size, boxes_per_cell=self.boxes_per_cell,
             lambda_coord=self.lambda_coord, lambda_noobj=self.lambda_noobj,
-            bounding_box_format=self.bounding_box_format,
             image_shape=self.image_shape,
             parametrization=self.parametrization,
             darknet_compat=self.darknet_compat,

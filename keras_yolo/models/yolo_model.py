@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_yolo.assign import groundtruth
+from keras_yolo.losses.base import YoloLoss
 
 # Loss terms logged during training (v1/v2's "noobj" counts in "obj").
 LOSS_TERMS = ("box", "obj", "cls")
@@ -22,12 +23,14 @@ class YoloModel(keras.Model):
     is divided here by the number of replicas in sync.
 
     Ground-truth rows that break the policy of `keras_yolo.assign.groundtruth`
-    (label out of range, NaN, empty or off-image box) are masked by the loss
+    (label out of range, NaN, empty or off-image box; pixel boxes against
+    the input size the loss reads from its levels) are masked by the loss
     inside a compiled step; their number is reported as the metric
-    `invalid_boxes` (summed over the epoch). A loss with `components`
-    (every YOLO loss) also logs the epoch means of its terms as `box`, `obj`
-    and `cls` (v1/v2's `noobj` counted in `obj`), from the same evaluation
-    that gives the loss.
+    `invalid_boxes` (summed over the epoch). A `YoloLoss` also logs the
+    epoch means of its terms as `box`, `obj` and `cls` (v1/v2's `noobj`
+    counted in `obj`): one `compute_terms` call gives the loss, its terms
+    and the invalid-row count, so the loss's state advances once a step.
+    `sample_weight` from the dataset goes to the loss (one weight per image).
 
     Example:
         >>> model = YoloModel(inputs, [p3, p4, p5])
@@ -47,14 +50,37 @@ class YoloModel(keras.Model):
             self.loss_term_trackers = [keras.metrics.Mean(name=name)
                                        for name in LOSS_TERMS]
 
-    def _loss_with_terms(self, y, y_pred):
-        """`self.loss(y, y_pred)`, recording the terms its `components`
-        returns on the way (computed once, state advanced once)."""
+    def _log_terms(self, terms):
         trackers = getattr(self, "loss_term_trackers", None)
         if not trackers:
-            return self.loss(y, y_pred)
-        loss, parts = self.loss, {}
-        components = type(loss).components
+            return
+        logged = {"box": terms.get("box", 0.0),
+                  "obj": terms.get("obj", 0.0) + terms.get("noobj", 0.0),
+                  "cls": terms.get("cls", 0.0)}
+        for tracker in trackers:
+            tracker.update_state(logged[tracker.name])
+
+    def _legacy_loss(self, x, y, y_pred, sample_weight):
+        """A loss that is not a `YoloLoss` (a user's, or one not yet moved
+        onto the base): counts invalid rows against the batch's image size
+        and records the terms its `components` returns during the call."""
+        if sample_weight is not None:
+            raise ValueError(
+                f"{type(self.loss).__name__} is not a YoloLoss: YoloModel "
+                "cannot pass it `sample_weight`.")
+        num_classes = getattr(self.loss, "num_classes", None)
+        box_format = getattr(self.loss, "bounding_box_format", None)
+        if num_classes is not None and box_format is not None:
+            image_shape = None
+            if x is not None and not isinstance(x, (dict, list, tuple)):
+                image_shape = tf.shape(x)[1:3]   # pixel formats' far edges
+            self.invalid_boxes_tracker.update_state(groundtruth.count_invalid(
+                y, num_classes, box_format, image_shape))
+        loss = self.loss
+        components = getattr(type(loss), "components", None)
+        if not getattr(self, "loss_term_trackers", None) or components is None:
+            return loss(y, y_pred)
+        parts = {}
 
         def recording(*args, **kwargs):
             out = components(loss, *args, **kwargs)
@@ -67,26 +93,20 @@ class YoloModel(keras.Model):
         finally:
             del loss.components
         if parts:
-            terms = {"box": parts.get("box", 0.0),
-                     "obj": parts.get("obj", 0.0) + parts.get("noobj", 0.0),
-                     "cls": parts.get("cls", 0.0)}
-            for tracker in trackers:
-                tracker.update_state(terms[tracker.name])
+            self._log_terms(parts)
         return total
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):
         if self.loss is None or y is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
-        num_classes = getattr(self.loss, "num_classes", None)
-        box_format = getattr(self.loss, "bounding_box_format", None)
-        if num_classes is not None and box_format is not None:
-            image_shape = None
-            if x is not None and not isinstance(x, (dict, list, tuple)):
-                image_shape = tf.shape(x)[1:3]   # pixel formats' far edges
-            self.invalid_boxes_tracker.update_state(groundtruth.count_invalid(
-                y, num_classes, box_format, image_shape))
-        total = self._loss_with_terms(y, y_pred)
+        if isinstance(self.loss, YoloLoss):
+            total, terms, invalid = self.loss.compute_terms(
+                y, y_pred, sample_weight, return_invalid_count=True)
+            self.invalid_boxes_tracker.update_state(invalid)
+            self._log_terms(terms)
+        else:
+            total = self._legacy_loss(x, y, y_pred, sample_weight)
         if self.losses:
             total = total + keras.ops.sum(self.losses)
         return total / tf.distribute.get_strategy().num_replicas_in_sync
