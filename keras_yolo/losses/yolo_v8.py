@@ -4,10 +4,11 @@ import keras
 import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
-from keras_yolo.assign import groundtruth
 from keras_yolo.assign.anchor_points import (bbox2dist, dfl_expectation,
                                              dist2bbox, make_anchor_points)
 from keras_yolo.assign.tal import TaskAlignedAssigner, ultralytics_ciou
+from keras_yolo.losses.base import (TRUTH_FORMAT, YoloLoss,
+                                    check_positive_int)
 
 STRIDES = (8, 16, 32)
 REG_MAX = 16
@@ -26,7 +27,7 @@ def compact_rows(boxes, labels):
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
-class YoloV8Loss(keras.losses.Loss):
+class YoloV8Loss(YoloLoss):
     """YOLOv8 objective: ultralytics 8 `v8DetectionLoss` (8.4.190).
 
     Per image batch, with the task-aligned targets `(s, b̂)` of
@@ -48,16 +49,18 @@ class YoloV8Loss(keras.losses.Loss):
     `(B, H_l, W_l, 4 reg_max + C)`: channel `side * reg_max + bin` for the
     sides (left, top, right, bottom), then the C class logits.
 
-    Reduction: `loss(y_true, y_pred) = L_box + L_cls + L_dfl`, normalised by
-    the batch's target-score sum, so it does NOT grow with batch size.
-    ultralytics returns `(L_box + L_cls + L_dfl) * B` (`loss.sum() *
-    batch_size`); pass `scale_by_batch_size=True` for exactly that.
+    Reduction: the terms are normalised over the whole batch (by `S`), as
+    ultralytics does, so there are no per-image values (`reduction="none"`
+    is refused). Default `"sum_over_batch_size"`: `loss(y_true, y_pred) =
+    L_box + L_cls + L_dfl`, which does not grow with batch size, like the
+    other losses. ultralytics returns `(L_box + L_cls + L_dfl) * B`
+    (`loss.sum() * batch_size`): that is `reduction="sum"`.
 
     Ground truth: `{"boxes": (B, M, 4), "labels": (B, M)}` padded with
-    label -1, through `keras_yolo.assign.groundtruth.sanitize` (invalid rows
-    raise eagerly, are masked when compiled). Pixel formats are read against
-    the input size `(H_0 s_0, W_0 s_0)`. B, M and the grid may be known only
-    at run time; the assignment is dense `(B, M, N)`, so keep M tight.
+    label -1, through the `YoloLoss` policy (invalid rows raise eagerly, are
+    masked when compiled). Pixel formats are read against the input size
+    `(H_0 s_0, W_0 s_0)`. B, M and the grid may be known only at run time;
+    the assignment is dense `(B, M, N)` (N anchor points), so keep M tight.
 
     Args:
         num_classes: C.
@@ -66,7 +69,7 @@ class YoloV8Loss(keras.losses.Loss):
         bounding_box_format: format of `y_true["boxes"]`.
         box, cls, dfl: gains of the three terms (ultralytics' defaults).
         topk, alpha, beta: task-aligned assignment settings.
-        scale_by_batch_size: multiply the total by B (ultralytics).
+        reduction: `"sum_over_batch_size"` (default) or `"sum"` (x B).
 
     Example:
         >>> loss = YoloV8Loss(num_classes=80)
@@ -75,26 +78,24 @@ class YoloV8Loss(keras.losses.Loss):
         ...                 [p3, p4, p5])     # {"box", "cls", "dfl"}
     """
 
-    def __init__(self, num_classes=80, reg_max=REG_MAX, strides=STRIDES,
+    per_image = False
+
+    def __init__(self, num_classes, reg_max=REG_MAX, strides=STRIDES,
                  bounding_box_format="rel_center_xywh", box=7.5, cls=0.5,
                  dfl=1.5, topk=10, alpha=0.5, beta=6.0,
-                 scale_by_batch_size=False, name="yolo_v8_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
-        if int(reg_max) < 2:
+                 reduction="sum_over_batch_size", name="yolo_v8_loss",
+                 dtype=None):
+        super().__init__(num_classes, bounding_box_format,
+                         reduction=reduction, name=name, dtype=dtype)
+        check_positive_int("topk", topk)
+        if isinstance(reg_max, bool) or int(reg_max) != reg_max or reg_max < 2:
             raise ValueError(
-                f"`reg_max` must be >= 2 (DFL bins); got {reg_max}.")
-        if int(topk) < 1:
-            raise ValueError(f"`topk` must be >= 1; got {topk}.")
-        box_ops._check_format("bounding_box_format", bounding_box_format)
-        self.num_classes = int(num_classes)
+                f"`reg_max` must be an integer >= 2 (DFL bins); got "
+                f"{reg_max!r}.")
         self.reg_max = int(reg_max)
         self.strides = tuple(int(s) for s in strides)
-        self.bounding_box_format = bounding_box_format
         self.box, self.cls, self.dfl = float(box), float(cls), float(dfl)
         self.topk, self.alpha, self.beta = int(topk), float(alpha), float(beta)
-        self.scale_by_batch_size = bool(scale_by_batch_size)
         # ultralytics widens tiny truths to the second stride (the only one
         # with one level).
         self.assigner = TaskAlignedAssigner(
@@ -102,48 +103,35 @@ class YoloV8Loss(keras.losses.Loss):
             beta=self.beta,
             min_size=self.strides[1 if len(self.strides) > 1 else 0])
 
-    def _flatten(self, y_pred):
-        levels = list(y_pred) if isinstance(y_pred, (list, tuple)) else [
-            y_pred]
-        if len(levels) != len(self.strides):
-            raise ValueError(
-                f"`y_pred` must hold {len(self.strides)} levels (strides "
-                f"{self.strides}); got {len(levels)}.")
+    def check_levels(self, y_pred):
+        levels = super().check_levels(y_pred)
         channels = 4 * self.reg_max + self.num_classes
-        flat, level_hw = [], []
         for i, p in enumerate(levels):
-            if p.shape[-1] != channels:
+            if p.shape.rank != 4 or p.shape[-1] != channels:
                 raise ValueError(
-                    f"level {i} has {p.shape[-1]} channels; expected "
-                    f"4 * reg_max + num_classes = {channels}.")
-            p = tf.cast(p, tf.float32)
-            shape = tf.shape(p)
-            level_hw.append((shape[1], shape[2]))
-            flat.append(tf.reshape(p, [shape[0], -1, channels]))
-        return tf.concat(flat, 1), level_hw
+                    f"y_pred[{i}] has shape {tuple(p.shape)}; expected "
+                    f"(B, H, W, 4 * reg_max + num_classes = {channels}).")
+        return levels
 
-    def components(self, y_true, y_pred):
+    def terms(self, truth, levels):
         """`{"box", "cls", "dfl"}`: v8DetectionLoss's three terms, gains
-        applied, not multiplied by batch size."""
-        preds, level_hw = self._flatten(y_pred)
+        applied, scalars normalised over the batch."""
+        channels = 4 * self.reg_max + self.num_classes
+        level_hw = [(tf.shape(p)[1], tf.shape(p)[2]) for p in levels]
+        preds = tf.concat([tf.reshape(p, [tf.shape(p)[0], -1, channels])
+                           for p in levels], 1)
         points, stride = make_anchor_points(level_hw, self.strides)
-        image_shape = (level_hw[0][0] * self.strides[0],
-                       level_hw[0][1] * self.strides[0])
-        boxes, labels = groundtruth.sanitize(
-            y_true, self.num_classes, self.bounding_box_format,
-            None if self.bounding_box_format.startswith("rel_")
-            else image_shape)
-        truth = box_ops.convert(tf.cast(boxes, tf.float32),
-                                self.bounding_box_format, "xyxy",
-                                image_shape)
-        truth, labels = compact_rows(truth, labels)
+        image_shape = self.input_image_shape(levels)
+        truth_xyxy = box_ops.convert(truth.boxes, TRUTH_FORMAT, "xyxy",
+                                     image_shape)
+        truth_xyxy, labels = compact_rows(truth_xyxy, truth.labels)
 
         split = 4 * self.reg_max
         pred_dist, logits = preds[..., :split], preds[..., split:]
         pred_boxes = dist2bbox(dfl_expectation(pred_dist, self.reg_max),
                                points)  # xyxy, cells
         t = self.assigner(tf.sigmoid(logits), pred_boxes * stride,
-                          points * stride, labels, truth, labels >= 0)
+                          points * stride, labels, truth_xyxy, labels >= 0)
         scores = t["target_scores"]
         score_sum = tf.maximum(tf.reduce_sum(scores), 1.0)
 
@@ -177,20 +165,10 @@ class YoloV8Loss(keras.losses.Loss):
                              batch_dims=3)[..., 0]
         return tf.reduce_mean(-(lp_left * w_left + lp_right * w_right), -1)
 
-    def call(self, y_true, y_pred):
-        parts = self.components(y_true, y_pred)
-        total = parts["box"] + parts["cls"] + parts["dfl"]
-        if self.scale_by_batch_size:
-            levels = y_pred if isinstance(y_pred, (list, tuple)) else [y_pred]
-            total = total * tf.cast(tf.shape(levels[0])[0], tf.float32)
-        return total
-
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_classes=self.num_classes, reg_max=self.reg_max,
-            strides=self.strides,
-            bounding_box_format=self.bounding_box_format, box=self.box,
+            reg_max=self.reg_max, strides=self.strides, box=self.box,
             cls=self.cls, dfl=self.dfl, topk=self.topk, alpha=self.alpha,
-            beta=self.beta, scale_by_batch_size=self.scale_by_batch_size)
+            beta=self.beta)
         return config

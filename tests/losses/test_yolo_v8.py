@@ -96,15 +96,13 @@ def _ours(loss, raw, boxes, labels):
 
 
 def _reference(reference, raw, boxes, labels, num_classes):
-    """v8DetectionLoss terms (gains applied, not x batch size), its total
-    `loss.sum()` (x batch size) and its gradient on our raw layout."""
+    """v8DetectionLoss terms and total `loss.sum()` (x batch size, as
+    `reduction="sum"`) and its gradient on our raw layout."""
     criterion = reference.detection_loss(num_classes, REG_MAX, STRIDES)
     preds = reference.raw_to_preds(raw, REG_MAX, requires_grad=True)
     loss, _ = criterion(preds, reference.batch_dict(boxes, labels))
     loss.sum().backward()
-    batch = raw[0].shape[0]
-    terms = dict(zip(("box", "cls", "dfl"),
-                     (loss.detach().numpy() / batch).tolist()))
+    terms = dict(zip(("box", "cls", "dfl"), loss.detach().numpy().tolist()))
     grad = np.concatenate([preds["boxes"].grad.numpy().transpose(0, 2, 1),
                            preds["scores"].grad.numpy().transpose(0, 2, 1)],
                           -1)
@@ -129,7 +127,7 @@ def test_terms_and_gradients_match_ultralytics(case):
     reference = require_peer("ultralytics8_reference",
                              "(bash .ci/install_parity)")
     raw, boxes, labels, num_classes = _case(case)
-    loss = YoloV8Loss(num_classes=num_classes, scale_by_batch_size=True)
+    loss = YoloV8Loss(num_classes=num_classes, reduction="sum")
     parts, total, grads = _ours(loss, raw, boxes, labels)
     ref_parts, ref_total, ref_grads = _reference(reference, raw, boxes,
                                                  labels, num_classes)
@@ -154,7 +152,7 @@ def test_random_batches_match_ultralytics(seed):
     raw = _raw(rng, 2, (160, 224), 7, cls_bias=-4.0)
     boxes, labels = _truths(rng, (rng.integers(1, 15), rng.integers(0, 15)),
                             16, 7)
-    loss = YoloV8Loss(num_classes=7, scale_by_batch_size=True)
+    loss = YoloV8Loss(num_classes=7, reduction="sum")
     parts, total, grads = _ours(loss, raw, boxes, labels)
     ref_parts, ref_total, ref_grads = _reference(reference, raw, boxes,
                                                  labels, 7)
@@ -163,11 +161,11 @@ def test_random_batches_match_ultralytics(seed):
     assert _grad_rel(grads, ref_grads) <= RTOL
 
 
-def test_total_is_the_sum_of_components_and_batch_scaling_is_an_option():
+def test_total_is_the_sum_of_components_and_sum_is_batch_times_mean():
     raw, boxes, labels, c = _case("mixed")
     y_true = {"boxes": boxes, "labels": labels}
     plain = YoloV8Loss(num_classes=c)
-    scaled = YoloV8Loss(num_classes=c, scale_by_batch_size=True)
+    scaled = YoloV8Loss(num_classes=c, reduction="sum")
     parts = plain.components(y_true, raw)
     total = float(plain(y_true, raw))
     np.testing.assert_allclose(total, sum(float(v) for v in parts.values()),
@@ -292,7 +290,7 @@ def test_invalid_rows_raise_eagerly_and_are_masked_under_xla():
 def test_config_round_trip_and_saving():
     loss = YoloV8Loss(num_classes=7, reg_max=8, strides=(8, 16),
                       bounding_box_format="xyxy", box=1.0, cls=2.0, dfl=3.0,
-                      topk=5, alpha=1.0, beta=4.0, scale_by_batch_size=True)
+                      topk=5, alpha=1.0, beta=4.0, reduction="sum")
     config = loss.get_config()
     again = YoloV8Loss.from_config(config)
     assert again.get_config() == config
@@ -308,6 +306,7 @@ def test_config_round_trip_and_saving():
     (dict(reg_max=1), "reg_max"),
     (dict(topk=0), "topk"),
     (dict(bounding_box_format="xywhr"), "bounding_box_format"),
+    (dict(reduction="none"), "reduction"),
 ])
 def test_bad_arguments_are_named(kwargs, word):
     with pytest.raises(ValueError, match=word):
@@ -317,7 +316,18 @@ def test_bad_arguments_are_named(kwargs, word):
 def test_wrong_channels_and_levels_are_named():
     raw, boxes, labels, c = _case("mixed")
     y_true = {"boxes": boxes, "labels": labels}
-    with pytest.raises(ValueError, match="level 0 has 69 channels"):
+    with pytest.raises(ValueError, match=r"y_pred\[0\] has shape"):
         YoloV8Loss(num_classes=c + 1)(y_true, raw)
     with pytest.raises(ValueError, match="3 levels"):
         YoloV8Loss(num_classes=c)(y_true, raw[:2])
+
+
+def test_scalar_sample_weight_scales_and_per_image_weights_are_refused():
+    raw, boxes, labels, c = _case("mixed")
+    y_true = {"boxes": boxes, "labels": labels}
+    loss = YoloV8Loss(num_classes=c)
+    base = float(loss(y_true, raw))
+    np.testing.assert_allclose(float(loss(y_true, raw, sample_weight=0.25)),
+                               0.25 * base, rtol=1e-6)
+    with pytest.raises(ValueError, match="sample_weight"):
+        loss(y_true, raw, sample_weight=np.ones(3, np.float32))
