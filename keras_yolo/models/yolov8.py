@@ -167,3 +167,29 @@ def yolov8_size(size, num_classes=80, input_shape=(640, 640, 3), **kwargs):
     kwargs.setdefault("name", f"yolov8{size}")
     return yolov8(num_classes=num_classes, input_shape=input_shape, depth_multiple=depth,
                   width_multiple=width, max_channels=max_channels, **kwargs)
+
+
+# The recipes' CPU-sized yolov8: yolov8n's depth at half its width (channels 8 ... 128).
+SMALL_V8_SCALE = (0.33, 0.125, 1024)
+
+
+def small_v8(num_classes=3, input_size=128, name="small_v8"):
+    """A small yolov8 for quick experiments (shapes dataset, CPU): yolov8n's layout at half its width.
+
+    Same blocks, head and outputs as `yolov8` (depth 0.33, width 0.125:
+    channels 8, 16, 32, 64, 128 at strides 2 ... 32, one bottleneck a C2f;
+    913k trainable parameters, 253k of them in Detect's 64-wide box branches).
+
+    Args:
+        num_classes: C.
+        input_size: side of the square input images, a multiple of 32.
+
+    Returns: `YoloModel`, `(B, S, S, 3)` -> `[(B, S/8, S/8, 64 + C), (B, S/16, ..), (B, S/32, ..)]`.
+
+    Example:
+        >>> model = small_v8(num_classes=3, input_size=128)
+        >>> model.compile("adam", loss=YoloV8Loss(num_classes=3))
+    """
+    depth, width, max_channels = SMALL_V8_SCALE
+    return yolov8(num_classes=num_classes, input_shape=(input_size, input_size, 3), depth_multiple=depth,
+                  width_multiple=width, max_channels=max_channels, name=name)

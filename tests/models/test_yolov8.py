@@ -163,3 +163,19 @@ def test_rejects_bad_arguments():
         yolov8(num_classes=3, reg_max=0)
     with pytest.raises(ValueError, match="num_classes"):
         yolov8(num_classes=0)
+
+
+@pytest.mark.slow
+def test_small_v8_fits_with_yolov8_loss():
+    from keras_yolo import data
+    from keras_yolo.losses.yolo_v8 import YoloV8Loss
+    from keras_yolo.models.yolov8 import small_v8
+
+    keras.utils.set_random_seed(0)
+    dataset = data.shapes(num_images=8, image_size=64, num_classes=3, max_boxes=4, seed=0).batch(4)
+    model = small_v8(num_classes=3, input_size=64)
+    model.compile(keras.optimizers.Adam(1e-3), loss=YoloV8Loss(num_classes=3))
+    history = model.fit(dataset.repeat(), steps_per_epoch=4, epochs=3, verbose=0).history
+    losses = history["loss"]
+    assert np.all(np.isfinite(losses)) and np.isfinite(history["box"]).all() and np.isfinite(history["cls"]).all()
+    assert losses[-1] < losses[0]
