@@ -189,11 +189,55 @@ def test_shards_split_the_files_and_cache_changes_nothing(small, tmp_path):
     assert data.load(str(root)).options().experimental_distribute \
         .auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
     assert _order(first) == plain[0::2] and _order(second) == plain[1::2]
+    # 12 files over 5 workers: 3 each; files 12..14 wrap to 0..2.
+    fifths = [_order(data.load(str(root), image_size=32, shard=(5, i)))
+              for i in range(5)]
+    assert [len(f) for f in fifths] == [3] * 5
+    assert sorted(sum(fifths, [])) == sorted(plain + plain[:3])
+    assert fifths[2] == [plain[2], plain[7], plain[0]]
     assert _order(data.load(str(root), image_size=32, cache="ram"), 2) == \
         plain * 2
     disk = data.load(str(root), image_size=32,
                      cache=f"disk:{tmp_path / 'cache'}")
     assert _order(disk, 2) == plain * 2
+
+
+def _images(ds):
+    return [image.tobytes() for image, _ in ds.as_numpy_iterator()]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_multi_worker_auto_shard_gives_each_worker_its_own_files(small,
+                                                                 shuffle):
+    # The rewrite MultiWorkerMirroredStrategy.experimental_distribute_dataset
+    # applies to each worker's copy of the dataset (input_ops), after a
+    # batching that keeps the dataset's own policy.
+    from tensorflow.python.distribute import input_ops
+
+    from training import resume
+
+    root, _ = small
+    everything = _images(data.load(str(root), image_size=32))
+    assert len(set(everything)) == 12
+    seen = []
+    for worker in range(2):
+        ds = data.load(str(root), image_size=32, shuffle=shuffle, seed=1,
+                       shard="file")
+        assert ds.cardinality() == 12
+        ds = ds.batch(4).with_options(resume.distribution_options(ds))
+        ds = input_ops.auto_shard_dataset(ds, 2, worker, 2)
+        mine = [image.tobytes() for batch, _ in ds.as_numpy_iterator()
+                for image in batch]
+        # Each worker read whole files (half of them), in both epochs.
+        assert len(mine) == 6
+        again = [image.tobytes() for batch, _ in ds.as_numpy_iterator()
+                 for image in batch]
+        assert sorted(again) == sorted(mine)
+        seen.append(set(mine))
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(everything)
+    # Files, not elements: worker 0 holds the even files of the list.
+    assert seen[0] == set(everything[0::2])
 
 
 def test_max_boxes_is_checked_and_shapes_load_like_shapes(small):

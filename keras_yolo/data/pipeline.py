@@ -5,8 +5,11 @@ memory):
 
     records (sources.read)   paths + boxes, checked once in Python
     -> index dataset         [shard by file] [shuffle the indices, seeded]
-    -> decode                tf.io.read_file + tf.io.decode_image (JPEG/PNG/
-                             BMP/GIF, any size, grayscale -> RGB), parallel
+    -> read                  each file's bytes by a file reader
+                             (`FixedLengthRecordDataset`, one record of the
+                             file's size), so tf.data can shard by file
+    -> decode                tf.io.decode_image (JPEG/PNG/BMP/GIF, any size,
+                             grayscale -> RGB), parallel
     -> augment=False: letterbox to (S, S), uint8  [cache] [shuffle]
        augment=True:  resize the long side to S   [cache] [shuffle]
                       -> keras_yolo.data.augment.training_pipeline
@@ -14,11 +17,31 @@ memory):
     -> prefetch
 
 Order is deterministic under a seed (a seeded shuffle of the indices,
-`deterministic=True` maps). The dataset's auto-shard policy is `DATA` (each
-worker of a `MultiWorkerMirroredStrategy` keeps its part of the elements);
-`shard=(num_workers, worker_index)` instead shards the *files* before any is
-read (auto-shard `OFF`), so each worker reads only its own images.
+`deterministic=True` maps).
+
+Sharding over the workers of a `MultiWorkerMirroredStrategy`:
+- `shard=(num_workers, worker_index)` (what a training loop that knows its
+  worker should pass): each worker reads only its own files, padded as
+  torch's `DistributedSampler` pads (every worker gets `ceil(N / workers)`
+  files, the first few files repeated), so every worker runs the same number
+  of steps; auto-shard `OFF`.
+- `shard="file"`: auto-shard `FILE`, for a dataset given to
+  `strategy.experimental_distribute_dataset` (or `model.fit`) as it is,
+  batched or mapped: tf.data finds the file reader and shards the file
+  indices before it, so each worker reads and decodes only its own images
+  (workers may differ by one file). It raises ("unshardable source") once
+  the dataset is wrapped so that the reader is out of reach, e.g. inside a
+  `flat_map` over epochs as `training`'s exact-resume batches do (and
+  tf.data's `AUTO` does not find the reader behind the index source: it
+  falls back to `DATA`).
+- otherwise `DATA`: every worker decodes every image and keeps its share of
+  the batches (always works, costs decoding).
+The files must keep their size while the dataset is in use (each is read
+as one record of the size found when `load` ran). The synthetic shapes are
+generated in memory: `DATA`.
 """
+
+import os
 
 import logging
 
@@ -75,7 +98,9 @@ def load(source, split="train", image_size=640, augment=False,
         format: force a source format (`"yaml"`, `"yolo"`, `"coco"`,
             `"voc"`) for a folder holding several.
         class_names: names to use instead of the source's.
-        shard: `(num_shards, index)`: keep only this worker's files.
+        shard: `(num_shards, index)`: keep only this worker's files (padded
+            to `ceil(N / num_shards)` each); `"file"`: let tf.data's
+            auto-shard `FILE` do it (see the module docstring).
         include_difficult: keep VOC `difficult` objects as targets.
         num_images, num_classes: size and classes of `"shapes"`.
         augment_options: keywords for `training_pipeline`.
@@ -163,9 +188,10 @@ def load(source, split="train", image_size=640, augment=False,
                           deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
+    policy = tf.data.experimental.AutoShardPolicy
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.OFF if shard else
-        tf.data.experimental.AutoShardPolicy.DATA)
+        policy.FILE if shard == "file" and records is not None
+        else policy.OFF if shard and shard != "file" else policy.DATA)
     dataset = dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
     dataset.class_names = list(names)
     dataset.records = records
@@ -195,20 +221,30 @@ def _file_samples(records, shard, shuffle, seed, augment, image_size,
     or `(h, w, 3)` uint8 with long side S + boxes (augment=True); boxes
     unpadded `xyxy` pixels (and the ignored regions with `return_ignored`)."""
     paths = tf.constant(records.image_paths)
+    file_sizes = tf.constant([os.path.getsize(p) for p in records.image_paths],
+                             tf.int64)
     target_rows = _ragged_rows(records.boxes, records.labels)
     ignored_rows = _ragged_rows(records.ignored, records.ignored_labels)
     indices = tf.data.Dataset.range(len(records))
     count = len(records)
-    if shard:
+    if shard and shard != "file":
         num_shards, index = shard
-        indices = indices.shard(num_shards, index)
-        count = len(range(index, len(records), num_shards))
+        if not 0 <= index < num_shards:
+            raise ValueError(f"`shard` must be (num_shards, index) with "
+                             f"0 <= index < num_shards; got {shard}.")
+        count = -(-len(records) // num_shards)
+        indices = tf.data.Dataset.range(count * num_shards).map(
+            lambda i: i % len(records)).shard(num_shards, index)
     if shuffle:
         indices = indices.shuffle(count, seed=seed,
                                   reshuffle_each_iteration=True)
 
-    def decode(i):
-        data = tf.io.read_file(paths[i])
+    def read(i):
+        # A reader op (not tf.io.read_file): what auto-shard FILE looks for.
+        return tf.data.FixedLengthRecordDataset(
+            paths[i], record_bytes=file_sizes[i]).map(lambda data: (i, data))
+
+    def decode(i, data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False,
                                    dtype=tf.uint8)
         boxes, labels = target_rows(i)
@@ -227,8 +263,12 @@ def _file_samples(records, shard, shuffle, seed, augment, image_size,
         image, boxes = _fit_long_side(image, boxes, image_size)
         return image, {"boxes": boxes, "labels": labels}
 
-    return indices.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True), count
+    samples = indices.flat_map(read).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # One record a file: the count flat_map hides (the trainer's steps per
+    # epoch). The auto-shard rewrite drops this assertion.
+    return samples.apply(tf.data.experimental.assert_cardinality(count)), \
+        count
 
 
 def _fit_long_side(image, boxes, size):
