@@ -331,3 +331,32 @@ def test_scalar_sample_weight_scales_and_per_image_weights_are_refused():
                                0.25 * base, rtol=1e-6)
     with pytest.raises(ValueError, match="sample_weight"):
         loss(y_true, raw, sample_weight=np.ones(3, np.float32))
+
+
+def test_padded_batch_dataset_through_one_graph():
+    """Batches of a `padded_batch` dataset (M changes from batch to batch)
+    through one traced step equal the eager loss of each batch."""
+    rng = np.random.default_rng(7)
+    counts = [0, 3, 7, 1, 12, 2]
+    rows = [(np.concatenate([rng.uniform(0.2, 0.8, (n, 2)),
+                             rng.uniform(0.05, 0.4, (n, 2))], -1
+                            ).astype(np.float32),
+             rng.integers(0, 3, n).astype(np.int32)) for n in counts]
+    ds = tf.data.Dataset.from_generator(
+        lambda: ({"boxes": b, "labels": l} for b, l in rows),
+        output_signature={"boxes": tf.TensorSpec([None, 4], tf.float32),
+                          "labels": tf.TensorSpec([None], tf.int32)})
+    ds = ds.padded_batch(2, padding_values={"boxes": 0.0, "labels": -1})
+    loss = YoloV8Loss(num_classes=3)
+    raw = _raw(np.random.default_rng(8), 2, (64, 64), 3)
+    signature = ({"boxes": tf.TensorSpec([None, None, 4], tf.float32),
+                  "labels": tf.TensorSpec([None, None], tf.int32)},
+                 [tf.TensorSpec(p.shape, tf.float32) for p in raw])
+    step = tf.function(lambda y, x: loss(y, x), input_signature=signature)
+    seen = set()
+    for y in ds:
+        seen.add(int(y["labels"].shape[1]))
+        np.testing.assert_allclose(float(step(y, raw)), float(loss(y, raw)),
+                                   rtol=1e-5)
+    assert len(seen) == 3
+    assert step.experimental_get_tracing_count() == 1
