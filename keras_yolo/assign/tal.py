@@ -29,7 +29,8 @@ truths all overlap it by 0 goes to row 0.
 
 Example:
     >>> assigner = TaskAlignedAssigner(num_classes=80)
-    >>> t = assigner(pred_probs, pred_xyxy_px, points_px, labels, truth_xyxy_px, mask)
+    >>> t = assigner(pred_probs, pred_xyxy_px, points_px, labels,
+    ...              truth_xyxy_px, mask)
     >>> t["fg_mask"].shape, t["target_scores"].shape    # (B, N), (B, N, 80)
 """
 
@@ -123,7 +124,7 @@ class TaskAlignedAssigner:
 
     # Hooks (ultralytics' rotated variant overrides exactly these two).
     def overlaps(self, truth_boxes, pred_boxes):
-        """`(B, M, 1, 4)` x `(B, 1, N, 4)` -> `(B, M, N)` CIoU, clipped at 0."""
+        """`(B, M, 1, 4)` x `(B, 1, N, 4)` -> `(B, M, N)` CIoU, at least 0."""
         return tf.maximum(ultralytics_ciou(truth_boxes, pred_boxes), 0.0)
 
     def candidates(self, points, truth_boxes, mask):

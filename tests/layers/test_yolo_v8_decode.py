@@ -10,19 +10,7 @@ import keras
 from keras_yolo import boxes as box_ops
 from keras_yolo.layers.yolo_v8_decode import YoloV8Decode
 from keras_yolo.postprocess import non_max_suppression
-
-STRIDES = (8, 16, 32)
-REG_MAX = 16
-
-
-def _raw(rng, batch, image_hw, num_classes, cls_bias=-4.0):
-    out = []
-    for s in STRIDES:
-        p = rng.normal(0, 1.5, (batch, image_hw[0] // s, image_hw[1] // s,
-                                4 * REG_MAX + num_classes)).astype(np.float32)
-        p[..., 4 * REG_MAX:] += cls_bias
-        out.append(p)
-    return out
+from yolo_v8_inputs import REG_MAX, STRIDES, random_levels
 
 
 def _to_levels(flat, level_hw):
@@ -80,7 +68,7 @@ def test_nms_matches_ultralytics_non_max_suppression(case):
     torch = reference.load().torch
     kwargs = NMS_CASES[case]
     num_classes = 6
-    raw = _raw(np.random.default_rng(1), 2, (192, 256), num_classes,
+    raw = random_levels(np.random.default_rng(1), 2, (192, 256), num_classes,
                cls_bias=-1.0 if case == "map_eval" else -4.0)
     preds = reference.raw_to_preds(raw, REG_MAX)
     detect = reference.detect_head(num_classes, REG_MAX, STRIDES).eval()
@@ -133,7 +121,7 @@ def test_one_hot_distributions_decode_to_their_bins():
 
 
 def test_relative_format_and_run_time_shapes():
-    raw = _raw(np.random.default_rng(2), 2, (64, 128), 3)
+    raw = random_levels(np.random.default_rng(2), 2, (64, 128), 3)
     pixel = YoloV8Decode()(raw)["boxes"].numpy()
     rel_layer = YoloV8Decode(bounding_box_format="rel_xyxy")
     rel = rel_layer(raw)["boxes"].numpy()
@@ -144,7 +132,7 @@ def test_relative_format_and_run_time_shapes():
     dynamic = tf.function(rel_layer, input_signature=[spec])
     np.testing.assert_allclose(dynamic(raw)["boxes"].numpy(), rel,
                                rtol=1e-5, atol=1e-6)
-    raw2 = _raw(np.random.default_rng(3), 1, (96, 64), 3)
+    raw2 = random_levels(np.random.default_rng(3), 1, (96, 64), 3)
     np.testing.assert_allclose(dynamic(raw2)["boxes"].numpy(),
                                rel_layer(raw2)["boxes"].numpy(), rtol=1e-5,
                                atol=1e-6)
@@ -164,7 +152,7 @@ def test_in_a_functional_model_and_config_round_trip():
     config = layer.get_config()
     again = YoloV8Decode.from_config(config)
     assert again.get_config() == config
-    raw = _raw(np.random.default_rng(4), 1, (64, 64), 4)
+    raw = random_levels(np.random.default_rng(4), 1, (64, 64), 4)
     restored = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(model))
     np.testing.assert_allclose(restored(raw)["boxes"].numpy(),
@@ -182,7 +170,7 @@ def test_bad_arguments_are_named(kwargs, word):
 
 
 def test_wrong_channels_and_levels_are_named():
-    raw = _raw(np.random.default_rng(5), 1, (64, 64), 3)
+    raw = random_levels(np.random.default_rng(5), 1, (64, 64), 3)
     with pytest.raises(ValueError, match="level 0 has 67 channels"):
         YoloV8Decode(num_classes=4)(raw)
     with pytest.raises(ValueError, match="3 levels"):

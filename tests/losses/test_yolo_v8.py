@@ -8,40 +8,10 @@ from conftest import require_peer
 import keras
 from keras_yolo.assign.groundtruth import GroundTruthError
 from keras_yolo.losses.yolo_v8 import YoloV8Loss
-
-STRIDES = (8, 16, 32)
-REG_MAX = 16
+from yolo_v8_inputs import REG_MAX, STRIDES, padded_truths, random_levels
 # Issue #17: terms and gradients equal ultralytics' within 1e-5 relative
 # (gradients relative to their largest magnitude).
 RTOL = 1e-5
-
-
-def _raw(rng, batch, image_hw, num_classes, cls_bias=-2.0):
-    """Random raw levels `(B, H, W, 4 reg_max + C)`."""
-    out = []
-    for s in STRIDES:
-        p = rng.normal(0, 1.5, (batch, image_hw[0] // s, image_hw[1] // s,
-                                4 * REG_MAX + num_classes)).astype(np.float32)
-        p[..., 4 * REG_MAX:] += cls_bias
-        out.append(p)
-    return out
-
-
-def _truths(rng, per_image, max_boxes, num_classes, crafted=()):
-    """Padded rel_center_xywh truths: random rows, then crafted rows."""
-    batch = len(per_image)
-    boxes = np.zeros((batch, max_boxes, 4), np.float32)
-    labels = np.full((batch, max_boxes), -1, np.int32)
-    for b, n in enumerate(per_image):
-        rows = [np.concatenate([rng.uniform(0.05, 0.95, 2),
-                                np.exp(rng.uniform(np.log(0.02),
-                                                   np.log(0.8), 2))])
-                for _ in range(n)]
-        rows += [np.asarray(r, np.float32) for img, r in crafted if img == b]
-        for m, row in enumerate(rows):
-            boxes[b, m] = row
-            labels[b, m] = rng.integers(0, num_classes)
-    return boxes, labels
 
 
 # Image 0: several truths sharing anchor points (nested and near-identical
@@ -75,9 +45,9 @@ CASES = {
 def _case(name, seed=0):
     spec = CASES[name]
     rng = np.random.default_rng(seed)
-    raw = _raw(rng, len(spec["per_image"]), spec["image_hw"],
+    raw = random_levels(rng, len(spec["per_image"]), spec["image_hw"],
                spec["num_classes"])
-    boxes, labels = _truths(rng, spec["per_image"], spec["max_boxes"],
+    boxes, labels = padded_truths(rng, spec["per_image"], spec["max_boxes"],
                             spec["num_classes"], spec.get("crafted", ()))
     return raw, boxes, labels, spec["num_classes"]
 
@@ -149,9 +119,9 @@ def test_random_batches_match_ultralytics(seed):
     reference = require_peer("ultralytics8_reference",
                              "(bash .ci/install_parity)")
     rng = np.random.default_rng(seed)
-    raw = _raw(rng, 2, (160, 224), 7, cls_bias=-4.0)
-    boxes, labels = _truths(rng, (rng.integers(1, 15), rng.integers(0, 15)),
-                            16, 7)
+    raw = random_levels(rng, 2, (160, 224), 7, cls_bias=-4.0)
+    per_image = (rng.integers(1, 15), rng.integers(0, 15))
+    boxes, labels = padded_truths(rng, per_image, 16, 7)
     loss = YoloV8Loss(num_classes=7, reduction="sum")
     parts, total, grads = _ours(loss, raw, boxes, labels)
     ref_parts, ref_total, ref_grads = _reference(reference, raw, boxes,
@@ -348,7 +318,7 @@ def test_padded_batch_dataset_through_one_graph():
                           "labels": tf.TensorSpec([None], tf.int32)})
     ds = ds.padded_batch(2, padding_values={"boxes": 0.0, "labels": -1})
     loss = YoloV8Loss(num_classes=3)
-    raw = _raw(np.random.default_rng(8), 2, (64, 64), 3)
+    raw = random_levels(np.random.default_rng(8), 2, (64, 64), 3)
     signature = ({"boxes": tf.TensorSpec([None, None, 4], tf.float32),
                   "labels": tf.TensorSpec([None, None], tf.int32)},
                  [tf.TensorSpec(p.shape, tf.float32) for p in raw])
