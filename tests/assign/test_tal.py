@@ -53,6 +53,35 @@ def test_ciou_matches_the_formula_including_tiny_and_flat_boxes():
         [1.0], atol=1e-6)
 
 
+@pytest.mark.parity
+def test_ciou_matches_ultralytics_bbox_iou_with_gradients():
+    reference = require_peer("ultralytics8_reference",
+                             "(bash .ci/install_parity)")
+    torch = reference.load().torch
+    from ultralytics.utils.metrics import bbox_iou
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 20, (500, 2))
+    b1 = np.concatenate([xy, xy + np.exp(rng.uniform(-6, 3, (500, 2)))], -1)
+    xy2 = xy + rng.normal(0, 2, (500, 2))
+    b2 = np.concatenate([xy2, xy2 + np.exp(rng.uniform(-6, 3, (500, 2)))],
+                        -1)
+    b1, b2 = b1.astype(np.float32), b2.astype(np.float32)
+    t1 = torch.tensor(b1, requires_grad=True)
+    want = bbox_iou(t1, torch.tensor(b2), xywh=False, CIoU=True)[:, 0]
+    want.sum().backward()
+    x1 = tf.constant(b1)
+    with tf.GradientTape() as tape:
+        tape.watch(x1)
+        got = ultralytics_ciou(x1, tf.constant(b2))
+        total = tf.reduce_sum(got)
+    grad = tape.gradient(total, x1)
+    np.testing.assert_allclose(got.numpy(), want.detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), t1.grad.numpy(), rtol=1e-4,
+                               atol=1e-5)
+
+
 def _points(image_hw):
     hw = [(image_hw[0] // s, image_hw[1] // s) for s in STRIDES]
     points, stride = make_anchor_points(hw, STRIDES)
