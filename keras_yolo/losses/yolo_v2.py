@@ -5,11 +5,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
-from keras_yolo import boxes as box_ops
-from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v2 as assign_v2
 from keras_yolo.layers.yolo_v2_decode import (
     anchor_sizes, check_v2_anchors, decode_v2)
+from keras_yolo.losses.base import (
+    YoloLoss, check_non_negative, check_unit_interval, dim)
 
 # darknet region_layer.c: while fewer than 12800 images have been seen, every
 # predicted box is pulled towards its anchor centred in its cell, with a
@@ -26,15 +26,6 @@ MIN_TRUTH_CELLS = 1e-6
 MAX_PREDICTED_CELLS = 64.0
 
 
-def _single_level(y_pred):
-    if isinstance(y_pred, (list, tuple)):
-        if len(y_pred) != 1:
-            raise ValueError(
-                f"YoloV2Loss takes one level; got a list of {len(y_pred)}.")
-        y_pred = y_pred[0]
-    return tf.cast(y_pred, tf.float32)
-
-
 def _size_error(t, truth, anchor):
     """`(truth - anchor e^t)²`, continued linearly (C¹) beyond the size
     `max(MAX_PREDICTED_CELLS, 2 truth)`, where its slope is positive: a huge
@@ -48,12 +39,13 @@ def _size_error(t, truth, anchor):
 
 
 def _masked_sum(mask, values):
-    """Σ mask * values without letting inf/NaN of masked-out slots through."""
-    return tf.reduce_sum(tf.where(mask > 0, mask * values, 0.0))
+    """Per image `(B,)`: Σ mask * values over the `(B, H, W, A)` grid,
+    without letting inf/NaN of masked-out slots through."""
+    return tf.reduce_sum(tf.where(mask > 0, mask * values, 0.0), [1, 2, 3])
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
-class YoloV2Loss(keras.losses.Loss):
+class YoloV2Loss(YoloLoss):
     """YOLOv2 objective (Redmon & Farhadi 2017, "YOLO9000").
 
     Default (the seed's formula), summed over cells i and anchors j:
@@ -118,16 +110,19 @@ class YoloV2Loss(keras.losses.Loss):
 
     The prior term needs how many images darknet has seen (it adds the batch
     size to `net.seen` before the forward pass). `seen` is a non-trainable
-    variable of this loss: each call `loss(y_true, y_pred)` adds the batch
-    size, then computes with the new count, so it works inside `model.fit`
-    (also under `jit_compile`). Every call counts, evaluation included;
-    `count_seen=False` freezes it (then set `loss.seen.assign(n)` yourself),
-    `prior_images=0` disables the term. Under a distribution strategy the
-    count is per replica.
+    variable of this loss: each call `loss(y_true, y_pred)` (with
+    `darknet_compat=True`) computes with the count plus the batch size and
+    adds the batch size to it, so it works inside `model.fit` (also under
+    `jit_compile`). Every call counts, evaluation included; `components()`
+    gives the terms of that computation without counting. `count_seen=False`
+    freezes it (then set `loss.seen.assign(n)` yourself), `prior_images=0`
+    disables the term. Under a distribution strategy the count is per
+    replica.
 
-    Reduction: each term is summed over the image's cells and anchors and
-    the sum is averaged over the batch (divided by B); multiply by B for
-    darknet's per-batch sum.
+    Reduction: each term is summed over the image's cells and anchors; the
+    default averages these per-image sums over the batch (divided by B);
+    `reduction="sum"` gives darknet's per-batch sum, `"none"` the per-image
+    sums, and `sample_weight` weights images (see `YoloLoss`).
 
     Sizes: the batch size, the number of truths M and the grid may all be
     unknown when the step is traced (a `padded_batch` pipeline); static sizes
@@ -168,6 +163,7 @@ class YoloV2Loss(keras.losses.Loss):
         prior_scale: its delta scale (darknet: .01).
         seen: initial count of images seen.
         count_seen: add the batch size to `seen` at each call.
+        reduction: of the per-image sums, see `YoloLoss`.
 
     Example:
         >>> loss = YoloV2Loss(num_classes=20, anchors=YOLOV2_VOC_ANCHORS)
@@ -184,32 +180,21 @@ class YoloV2Loss(keras.losses.Loss):
                  class_scale=1.0, thresh=0.6, rescore=True, bias_match=True,
                  prior_images=DARKNET_PRIOR_IMAGES,
                  prior_scale=DARKNET_PRIOR_SCALE, seen=0, count_seen=True,
-                 name="yolo_v2_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
-        box_ops._check_format("bounding_box_format", bounding_box_format)
+                 reduction="sum_over_batch_size", name="yolo_v2_loss",
+                 dtype=None):
+        super().__init__(num_classes, bounding_box_format,
+                         reduction=reduction, name=name, dtype=dtype)
         if anchors is None:
             anchors = default_anchors.YOLOV2_COCO_ANCHORS
         anchors, stride = check_v2_anchors(anchors, strides)
-        for key, value in dict(lambda_coord=lambda_coord, lambda_obj=lambda_obj,
-                               lambda_noobj=lambda_noobj,
-                               lambda_class=lambda_class,
-                               coord_scale=coord_scale,
-                               object_scale=object_scale,
-                               noobject_scale=noobject_scale,
-                               class_scale=class_scale,
-                               prior_scale=prior_scale).items():
-            if float(value) < 0:
-                raise ValueError(f"`{key}` must be >= 0; got {value}.")
-        if ignore_thresh is not None and not 0 <= ignore_thresh <= 1:
-            raise ValueError(
-                f"`ignore_thresh` must be None or in [0, 1]; got {ignore_thresh}.")
-        if int(seen) < 0 or int(prior_images) < 0:
-            raise ValueError(
-                f"`seen` and `prior_images` must be >= 0; got {seen}, "
-                f"{prior_images}.")
-        self.num_classes = int(num_classes)
+        check_non_negative(
+            lambda_coord=lambda_coord, lambda_obj=lambda_obj,
+            lambda_noobj=lambda_noobj, lambda_class=lambda_class,
+            coord_scale=coord_scale, object_scale=object_scale,
+            noobject_scale=noobject_scale, class_scale=class_scale,
+            prior_scale=prior_scale, seen=seen, prior_images=prior_images)
+        if ignore_thresh is not None:
+            check_unit_interval(ignore_thresh=ignore_thresh)
         self.anchors = [anchors]
         self.strides = (stride,)
         self.lambda_coord = float(lambda_coord)
@@ -217,7 +202,6 @@ class YoloV2Loss(keras.losses.Loss):
         self.lambda_noobj = float(lambda_noobj)
         self.lambda_class = float(lambda_class)
         self.ignore_thresh = None if ignore_thresh is None else float(ignore_thresh)
-        self.bounding_box_format = bounding_box_format
         self.darknet_compat = bool(darknet_compat)
         self.coord_scale = float(coord_scale)
         self.object_scale = float(object_scale)
@@ -234,43 +218,60 @@ class YoloV2Loss(keras.losses.Loss):
                                    aggregation="only_first_replica")
         self._anchors_cells = np.asarray(anchors, np.float32) / stride
 
-    # -- Keras entry point ---------------------------------------------------
-    def call(self, y_true, y_pred):
-        seen = None
-        if self.darknet_compat and self.count_seen:
-            batch = tf.shape(_single_level(y_pred))[0]
-            seen = self.seen.assign_add(tf.cast(batch, "int64"))
-        parts = self.components(y_true, y_pred, seen=seen)
-        return tf.add_n(list(parts.values()))
+    # -- YoloLoss hooks ------------------------------------------------------
+    def _counting(self):
+        return self.darknet_compat and self.count_seen
 
-    def components(self, y_true, y_pred, seen=None):
-        """The loss terms `{"box", "obj", "noobj", "cls"}` (scalars).
+    def terms(self, truth, levels):
+        """Per-image `{"box", "obj", "noobj", "cls"}`, each `(B,)`.
 
-        Args:
-            y_true: `{"boxes": (B, M, 4), "labels": (B, M)}`, label -1 pads.
-            y_pred: raw `(B, H, W, A, 5 + C)` or a list of that one level.
-            seen: images seen, for darknet's prior term; default the `seen`
-                variable's current value (not advanced here).
+        The prior term reads `seen` plus the batch size when counting (the
+        count `loss(...)` leaves behind), else `seen`.
         """
-        raw = _single_level(y_pred)
-        raw, grid_shape = self._check_shapes(raw)
-        stride = self.strides[0]
-        boxes, labels = groundtruth.sanitize(
-            y_true, self.num_classes, self.bounding_box_format,
-            image_shape=(grid_shape[0] * stride, grid_shape[1] * stride))
+        raw = levels[0]
+        grid_shape = (dim(raw, 1), dim(raw, 2))
         pred_rel, objectness, class_probs = decode_v2(raw, self._anchors_cells)
         predicted_wh = anchor_sizes(raw[..., 2:4], self._anchors_cells)
         targets = assign_v2.assign(
-            boxes, labels, self._anchors_cells, grid_shape,
-            self.strides[0], self.bounding_box_format,
+            truth.boxes, truth.labels, self._anchors_cells, grid_shape,
+            self.strides[0], "rel_center_xywh",
             bias_match=self.bias_match or not self.darknet_compat,
             predicted_wh=tf.stop_gradient(predicted_wh),
             darknet_truth_list=self.darknet_compat)
-        batch = tf.cast(tf.shape(raw)[0], tf.float32)
-        terms = (self._darknet_terms if self.darknet_compat
-                 else self._seed_terms)(raw, pred_rel, objectness, class_probs,
-                                        targets, grid_shape, seen)
-        return {key: value / batch for key, value in terms.items()}
+        batch = tf.shape(raw)[0]
+        seen = tf.convert_to_tensor(self.seen)
+        if self._counting():
+            seen = seen + tf.cast(batch, tf.int64)
+        return (self._darknet_terms if self.darknet_compat
+                else self._seed_terms)(raw, pred_rel, objectness, class_probs,
+                                       targets, grid_shape, seen), batch
+
+    def advance_state(self, truth, levels, aux):
+        if self._counting():
+            self.seen.assign_add(tf.cast(aux, tf.int64))
+
+    def check_levels(self, y_pred):
+        """`[raw]`, the one `(B, H, W, A, 5 + C)` level (a tensor or a list
+        of it), float32; unknown anchor or channel sizes are checked at run
+        time."""
+        if isinstance(y_pred, (list, tuple)):
+            if len(y_pred) != 1:
+                raise ValueError(
+                    f"YoloV2Loss takes one level; got a list of {len(y_pred)}.")
+            y_pred = y_pred[0]
+        raw = tf.cast(y_pred, tf.float32)
+        if raw.shape.rank != 5:
+            raise ValueError(
+                f"y_pred must be (B, H, W, A, 5 + C); got shape {raw.shape}.")
+        num_anchors, depth = len(self.anchors[0]), 5 + self.num_classes
+        if raw.shape[3] is None or raw.shape[4] is None:
+            raw = tf.ensure_shape(raw, [None, None, None, num_anchors, depth])
+        if raw.shape[3] != num_anchors or raw.shape[4] != depth:
+            raise ValueError(
+                f"y_pred must be (B, H, W, {num_anchors}, {depth}) for "
+                f"{num_anchors} anchors and num_classes={self.num_classes}; "
+                f"got shape {raw.shape}.")
+        return [raw]
 
     # -- the two objectives ----------------------------------------------------
     def _truth_in_cells(self, truth, grid_shape):
@@ -327,10 +328,7 @@ class YoloV2Loss(keras.losses.Loss):
         squared = (tf.square(x - offset[..., 0]) + tf.square(y - offset[..., 1])
                    + tf.reduce_sum(tf.square(t_target - raw[..., 2:4]), -1))
         box = _masked_sum(resp, 0.5 * scale * squared)
-        if seen is None:
-            seen = self.seen
-        prior_on = tf.cast(tf.convert_to_tensor(seen, tf.int64)
-                           < self.prior_images, tf.float32)
+        prior_on = tf.cast(seen < self.prior_images, tf.float32)
         prior = (tf.reduce_sum(tf.square(0.5 - offset), -1)
                  + tf.reduce_sum(tf.square(raw[..., 2:4]), -1))
         box += prior_on * _masked_sum(1.0 - resp,
@@ -357,37 +355,15 @@ class YoloV2Loss(keras.losses.Loss):
         best = assign_v2.best_truth_iou(flat, targets["rel"], targets["valid"])
         return tf.reshape(best, shape[:-1])
 
-    def _check_shapes(self, raw):
-        """`(raw, (H, W))`: the grid as Python ints when static, else as
-        scalar tensors; unknown anchor or channel sizes are checked at run
-        time."""
-        if raw.shape.rank != 5:
-            raise ValueError(
-                f"y_pred must be (B, H, W, A, 5 + C); got shape {raw.shape}.")
-        num_anchors, depth = len(self.anchors[0]), 5 + self.num_classes
-        if raw.shape[3] is None or raw.shape[4] is None:
-            raw = tf.ensure_shape(raw, [None, None, None, num_anchors, depth])
-        if raw.shape[3] != num_anchors or raw.shape[4] != depth:
-            raise ValueError(
-                f"y_pred must be (B, H, W, {num_anchors}, {depth}) for "
-                f"{num_anchors} anchors and num_classes={self.num_classes}; "
-                f"got shape {raw.shape}.")
-        dynamic = tf.shape(raw)
-        height = raw.shape[1] if raw.shape[1] is not None else dynamic[1]
-        width = raw.shape[2] if raw.shape[2] is not None else dynamic[2]
-        return raw, (height, width)
-
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_classes=self.num_classes, anchors=self.anchors,
-            strides=list(self.strides), lambda_coord=self.lambda_coord,
-            lambda_obj=self.lambda_obj, lambda_noobj=self.lambda_noobj,
-            lambda_class=self.lambda_class, ignore_thresh=self.ignore_thresh,
-            bounding_box_format=self.bounding_box_format,
+            anchors=self.anchors, strides=list(self.strides),
+            lambda_coord=self.lambda_coord, lambda_obj=self.lambda_obj,
+            lambda_noobj=self.lambda_noobj, lambda_class=self.lambda_class,
+            ignore_thresh=self.ignore_thresh,
             darknet_compat=self.darknet_compat, coord_scale=self.coord_scale,
-            object_scale=self.object_scale,
-            noobject_scale=self.noobject_scale, class_scale=self.class_scale,
+            object_scale=self.object_scale, noobject_scale=self.noobject_scale, class_scale=self.class_scale,
             thresh=self.thresh, rescore=self.rescore,
             bias_match=self.bias_match, prior_images=self.prior_images,
             prior_scale=self.prior_scale, seen=int(self.seen.numpy()),
