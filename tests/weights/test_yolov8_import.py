@@ -62,10 +62,14 @@ def images():
     return np.random.default_rng(0).uniform(0, 1, (2, *INPUT_SHAPE)).astype("float32")
 
 
+def _run(torch, model, images):
+    with torch.no_grad():
+        return model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+
+
 def _reference_levels(torch, model, images):
     """Detect's raw outputs, split per level into (B, H, W, 4 reg_max + C)."""
-    with torch.no_grad():
-        _, raw = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    _, raw = _run(torch, model, images)
     flat = torch.cat([raw["boxes"], raw["scores"]], 1).numpy()   # (B, 4 reg_max + C, N)
     levels, start = [], 0
     for feature in raw["feats"]:
@@ -97,6 +101,20 @@ def test_raw_head_outputs_match_ultralytics(torch, torch_model, keras_model, ima
     assert [o.shape[1:3] for o in outputs] == [(16, 12), (8, 6), (4, 3)]
     for level, (actual, want) in enumerate(zip(outputs, expected)):
         _assert_close(actual, want, f"level {level}")
+
+
+def test_decoded_boxes_match_ultralytics_detect(torch, torch_model, keras_model, images):
+    """Imported weights + YoloV8Decode = Detect in eval mode: (B, 4 + C, N), centre xywh pixels then sigmoid classes."""
+    from keras_yolo.layers import YoloV8Decode
+
+    decoded, _ = _run(torch, torch_model, images)
+    expected = decoded.numpy().transpose(0, 2, 1)
+    config = keras_model.decode_config
+    decode = YoloV8Decode(strides=config["strides"], reg_max=config["reg_max"],
+                          num_classes=config["num_classes"], bounding_box_format="center_xywh")
+    out = decode(keras_model(images))
+    _assert_close(out["boxes"], expected[..., :4], "boxes (pixels)")
+    _assert_close(out["class_probs"], expected[..., 4:], "class probabilities")
 
 
 def test_decode_config_names_size_classes_and_bins(keras_model):
