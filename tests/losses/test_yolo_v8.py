@@ -39,6 +39,9 @@ CASES = {
                       max_boxes=4),
     "crowded": dict(image_hw=(64, 96), per_image=(30,), num_classes=4,
                     max_boxes=32),
+    # ultralytics' default input and class count
+    "coco640": dict(image_hw=(640, 640), per_image=(12,), num_classes=80,
+                    max_boxes=20, crafted=CRAFTED[:7]),
 }
 
 
