@@ -38,6 +38,17 @@ _DFL_KEY = f"{HEAD}.dfl.conv.weight"
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
+def yolov8_state_dict(checkpoint):
+    """`state_dict_of(checkpoint)`, saying what to install when the `.pt` pickles ultralytics' model object."""
+    try:
+        return state_dict_of(checkpoint)
+    except ModuleNotFoundError as error:
+        if error.name is None or not error.name.startswith("ultralytics"):
+            raise
+        raise ImportError(f"checkpoint {checkpoint!r} pickles ultralytics' model object: install "
+                          "`ultralytics` to read it (or convert it to .npz where it is installed)") from error
+
+
 def yolov8_size_of(state):
     """The yolov8.yaml scale (`"n"` ... `"x"`) of a state dict, from its stem and first C2f."""
     from keras_yolo.models.yolov8 import YOLOV8_SCALES, channels, repeats
@@ -99,7 +110,7 @@ def load_yolov8(checkpoint, input_shape=(640, 640, 3)):
     """
     from keras_yolo.models.yolov8 import yolov8_size
 
-    state = state_dict_of(checkpoint)
+    state = yolov8_state_dict(checkpoint)
     size = yolov8_size_of(state)
     config = decode_config_of(state, input_shape)
     model = yolov8_size(size, num_classes=config["num_classes"], input_shape=tuple(input_shape),
@@ -121,7 +132,7 @@ def load_yolov8_weights(model, checkpoint):
     import keras
 
     state = checkpoint if isinstance(checkpoint, dict) and all(
-        isinstance(v, np.ndarray) for v in checkpoint.values()) else state_dict_of(checkpoint)
+        isinstance(v, np.ndarray) for v in checkpoint.values()) else yolov8_state_dict(checkpoint)
     state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
     used, assignments = set(), []
 

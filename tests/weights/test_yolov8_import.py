@@ -176,3 +176,23 @@ def test_foreign_tensors_and_a_wrong_dfl_projection_are_refused(torch_model):
     state["model.22.dfl.conv.weight"] = state["model.22.dfl.conv.weight"][..., ::-1].copy() * 0 + 1
     with pytest.raises(ValueError, match="DFL"):
         load_yolov8_weights(model, state)
+
+
+def test_a_checkpoint_of_ultralytics_objects_without_ultralytics_says_what_to_install(torch, tmp_path,
+                                                                                     monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("ultralytics_absent")
+
+    class Model:  # stands for ultralytics.nn.tasks.DetectionModel, pickled by reference
+        pass
+
+    Model.__module__, Model.__qualname__ = module.__name__, "Model"
+    module.Model = Model
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    path = tmp_path / "best.pt"
+    torch.save({"model": Model()}, path)
+    monkeypatch.delitem(sys.modules, module.__name__)
+    with pytest.raises(ImportError, match="install `ultralytics`"):
+        load_yolov8(str(path))
