@@ -5,10 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
-from keras_yolo import boxes as box_ops
-from keras_yolo.assign import groundtruth
 from keras_yolo.assign import yolo_v3 as assign
 from keras_yolo.layers.yolo_v3_decode import decode_level, level_anchors
+from keras_yolo.losses.base import (
+    YoloLoss, check_non_negative, check_unit_interval, dim)
 
 # The seed regresses the raw t_x = logit(x - c_x); a centre on a cell edge
 # would need an infinite target, so the offset is kept in [eps, 1 - eps]
@@ -23,7 +23,6 @@ STATIC_AXES_HINT = (
     " Only the anchor and channel axes must be static (B, H, W and the box "
     "count may be None): give the head's reshape, or the tf.function "
     "input_signature, those two sizes.")
-REDUCTIONS = ("sum_over_batch_size", "mean", "sum")
 
 
 def _bce(targets, logits):
@@ -32,7 +31,7 @@ def _bce(targets, logits):
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
-class YoloV3Loss(keras.losses.Loss):
+class YoloV3Loss(YoloLoss):
     """YOLOv3 objective (Redmon & Farhadi 2018), seed formula or darknet's.
 
     Seed (default), summed over levels, cells i and anchors j:
@@ -84,10 +83,12 @@ class YoloV3Loss(keras.losses.Loss):
     (here only label -1 rows are padding), and a centre at exactly x == 1
     indexes past its grid (here it falls in the last cell).
 
-    Reduction: `"sum_over_batch_size"` (default, also `"mean"`): the seed's
-    per-image sums averaged over the batch, so the learning rate does not
-    depend on B (darknet's update also divides its summed delta by the
-    batch). `"sum"`: summed over the batch, darknet's raw delta.
+    Reduction (`YoloLoss`'s, of the per-image sums): `"sum_over_batch_size"`
+    (default, also `"mean"`): the seed's per-image sums averaged over the
+    batch, so the learning rate does not depend on B (darknet's update also
+    divides its summed delta by the batch). `"sum"`: summed over the batch,
+    darknet's raw delta. `"none"`: the per-image sums `(B,)`;
+    `sample_weight` weights images.
 
     Args:
         num_classes: C.
@@ -111,7 +112,7 @@ class YoloV3Loss(keras.losses.Loss):
         bounding_box_format: format of `y_true["boxes"]`; pixel formats are
             pixels of the input image, inferred as grid size times stride.
         darknet_compat: darknet's exact gradients (see above).
-        reduction: see above.
+        reduction: see above and `YoloLoss`.
 
     Call:
         y_true: `{"boxes": (B, M, 4), "labels": (B, M) int}`, negative
@@ -143,27 +144,16 @@ class YoloV3Loss(keras.losses.Loss):
                  coord_iou_thresh=0.5, bounding_box_format="rel_center_xywh",
                  darknet_compat=False, reduction="sum_over_batch_size",
                  name="yolo_v3_loss", dtype=None):
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"`reduction` must be one of {REDUCTIONS}; got "
-                             f"{reduction!r}.")
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
+        super().__init__(num_classes, bounding_box_format,
+                         reduction=reduction, name=name, dtype=dtype)
         if coord_iou_gate not in COORD_GATES:
             raise ValueError(f"`coord_iou_gate` must be one of {COORD_GATES};"
                              f" got {coord_iou_gate!r}.")
-        for arg, value in (("lambda_coord", lambda_coord),
-                           ("lambda_obj", lambda_obj),
-                           ("lambda_class", lambda_class)):
-            if value < 0:
-                raise ValueError(f"`{arg}` must be >= 0; got {value}.")
-        for arg, value in (("ignore_thresh", ignore_thresh),
-                           ("truth_thresh", truth_thresh),
-                           ("coord_iou_thresh", coord_iou_thresh)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"`{arg}` must be in [0, 1]; got {value}.")
-        box_ops._check_format("bounding_box_format", bounding_box_format)
-        self.num_classes = int(num_classes)
+        check_non_negative(lambda_coord=lambda_coord, lambda_obj=lambda_obj,
+                           lambda_class=lambda_class)
+        check_unit_interval(ignore_thresh=ignore_thresh,
+                            truth_thresh=truth_thresh,
+                            coord_iou_thresh=coord_iou_thresh)
         self.strides = tuple(int(s) for s in strides)
         self.all_anchors, self.masks = level_anchors(anchors, masks,
                                                      len(self.strides))
@@ -176,33 +166,26 @@ class YoloV3Loss(keras.losses.Loss):
         self.truth_thresh = float(truth_thresh)
         self.coord_iou_gate = coord_iou_gate
         self.coord_iou_thresh = float(coord_iou_thresh)
-        self.bounding_box_format = bounding_box_format
         self.darknet_compat = bool(darknet_compat)
 
-    def call(self, y_true, y_pred):
-        return tf.add_n(list(self.components(y_true, y_pred).values()))
-
-    def components(self, y_true, y_pred):
-        """`{"box", "obj", "cls"}` scalars (already reduced) summing to the loss."""
-        y_pred = self._check_levels(y_pred)
-        boxes, labels = self._truths(y_true, y_pred)
-        image_hw = tf.cast(tf.stack([_dim(y_pred[0], 1) * self.strides[0],
-                                     _dim(y_pred[0], 2) * self.strides[0]]),
+    def terms(self, truth, levels):
+        """Per-image `{"box", "obj", "cls"}`, each `(B,)`, weighted by the
+        λ's."""
+        boxes, labels = truth.boxes, truth.labels
+        image_hw = tf.cast(tf.stack(self.input_image_shape(levels)),
                            tf.float32)
         truth_wh_px = boxes[..., 2:4] * image_hw[::-1]
         best = assign.best_anchor(truth_wh_px, tf.constant(self.all_anchors))
-        totals = {"box": 0.0, "obj": 0.0, "cls": 0.0}
-        for level, raw in enumerate(y_pred):
+        totals = {"box": 0.0, "obj": 0.0, "cls": 0.0}  # each (B,)
+        for level, raw in enumerate(levels):
             terms = self._level(raw, level, boxes, labels, best)
             for key in totals:
                 totals[key] = totals[key] + terms[key]
         scale = {"box": self.lambda_coord, "obj": self.lambda_obj,
                  "cls": self.lambda_class}
-        batch = tf.cast(_dim(y_pred[0], 0), tf.float32)
-        divisor = 1.0 if self.reduction == "sum" else batch
-        return {k: scale[k] * v / divisor for k, v in totals.items()}
+        return {k: scale[k] * v for k, v in totals.items()}
 
-    def _check_levels(self, y_pred):
+    def check_levels(self, y_pred):
         if not isinstance(y_pred, (list, tuple)) or len(y_pred) != len(
                 self.strides):
             raise ValueError(
@@ -223,32 +206,12 @@ class YoloV3Loss(keras.losses.Loss):
             out.append(raw)
         return out
 
-    def _truths(self, y_true, y_pred):
-        if not isinstance(y_true, dict) or not {"boxes", "labels"} <= set(
-                y_true):
-            raise ValueError("`y_true` must be a dict with keys 'boxes' and "
-                             f"'labels'; got {type(y_true).__name__}.")
-        image_shape = None
-        if not self.bounding_box_format.startswith("rel_"):
-            image_shape = (_dim(y_pred[0], 1) * self.strides[0],
-                           _dim(y_pred[0], 2) * self.strides[0])
-        # The one ground-truth policy: invalid rows raise eagerly, are
-        # padding (label -1, box 0) inside a compiled step.
-        boxes, labels = groundtruth.sanitize(
-            y_true, self.num_classes, self.bounding_box_format, image_shape)
-        boxes = box_ops.convert(tf.cast(boxes, tf.float32),
-                                self.bounding_box_format, "rel_center_xywh",
-                                image_shape=image_shape)
-        # Padded rows become harmless zeros in the converted format too.
-        boxes = tf.where((labels >= 0)[..., None], boxes, 0.0)
-        return boxes, labels
-
     def _level(self, raw, level, boxes, labels, best):
         mask = self.masks[level]
         anchors = self.all_anchors[mask]
         stride = self.strides[level]
-        height, width = _dim(raw, 1), _dim(raw, 2)
-        batch = _dim(raw, 0)
+        height, width = dim(raw, 1), dim(raw, 2)
+        batch = dim(raw, 0)
         grid_shape = (height, width, len(mask))
         targets = assign.assign_level(boxes, labels, best, mask,
                                       (height, width), self.num_classes)
@@ -300,13 +263,15 @@ class YoloV3Loss(keras.losses.Loss):
             gate = self._gate(truth, pred, anchors, size * stride)
         # `where`, not a product: a masked slot's square of a huge raw
         # output (inf) must not turn into 0 * inf = NaN.
-        box = tf.reduce_sum(tf.where(positive, gate * weight * per_slot, 0.0))
+        box = tf.reduce_sum(tf.where(positive, gate * weight * per_slot, 0.0),
+                            [1, 2, 3])
 
         ignored = assign.ignore_mask(best_iou, self.ignore_thresh)
         obj_weight = pos + (1.0 - pos) * (1.0 - ignored)
-        obj = tf.reduce_sum(obj_weight * _bce(pos, raw[..., 4]))
+        obj = tf.reduce_sum(obj_weight * _bce(pos, raw[..., 4]), [1, 2, 3])
         cls = tf.reduce_sum(tf.where(positive[..., None],
-                                     _bce(classes, raw[..., 5:]), 0.0))
+                                     _bce(classes, raw[..., 5:]), 0.0),
+                            [1, 2, 3, 4])
         return {"box": box, "obj": obj, "cls": cls}
 
     def _gate(self, truth, pred, anchors, image_wh):
@@ -326,18 +291,12 @@ class YoloV3Loss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_classes=self.num_classes, anchors=self.anchors,
+            anchors=self.anchors,
             strides=list(self.strides), masks=self._masks_arg,
             lambda_coord=self.lambda_coord, lambda_obj=self.lambda_obj,
             lambda_class=self.lambda_class, ignore_thresh=self.ignore_thresh,
             truth_thresh=self.truth_thresh,
             coord_iou_gate=self.coord_iou_gate,
             coord_iou_thresh=self.coord_iou_thresh,
-            bounding_box_format=self.bounding_box_format,
             darknet_compat=self.darknet_compat)
         return config
-
-
-def _dim(x, axis):
-    static = x.shape[axis]
-    return static if static is not None else tf.shape(x)[axis]
