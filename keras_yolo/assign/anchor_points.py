@@ -25,6 +25,22 @@ CELL_OFFSET = 0.5
 DFL_MARGIN = 0.01
 
 
+def flatten_levels(levels):
+    """Levels `(B, H_l, W_l, ch)` -> `((B, N, ch), [(H_l, W_l)])`.
+
+    Sizes are Python ints where the shapes are static (so N stays static
+    in traced graphs and exports), scalar tensors otherwise.
+    """
+    flat, level_hw = [], []
+    for p in levels:
+        dynamic = tf.shape(p)
+        height = p.shape[1] if p.shape[1] is not None else dynamic[1]
+        width = p.shape[2] if p.shape[2] is not None else dynamic[2]
+        level_hw.append((height, width))
+        flat.append(tf.reshape(p, [dynamic[0], height * width, p.shape[-1]]))
+    return tf.concat(flat, 1), level_hw
+
+
 def make_anchor_points(level_hw, strides, offset=CELL_OFFSET,
                        dtype=tf.float32):
     """Anchor points of every level, in cells, and the stride of each.

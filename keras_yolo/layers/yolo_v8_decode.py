@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
 from keras_yolo.assign.anchor_points import (dfl_expectation, dist2bbox,
+                                             flatten_levels,
                                              make_anchor_points)
 
 STRIDES = (8, 16, 32)
@@ -85,15 +86,8 @@ class YoloV8Decode(keras.layers.Layer):
         return levels
 
     def call(self, inputs):
-        levels = self._levels(inputs)
-        channels = levels[0].shape[-1]
-        flat, level_hw = [], []
-        for p in levels:
-            p = tf.cast(p, tf.float32)
-            shape = tf.shape(p)
-            level_hw.append((shape[1], shape[2]))
-            flat.append(tf.reshape(p, [shape[0], -1, channels]))
-        flat = tf.concat(flat, 1)
+        levels = [tf.cast(p, tf.float32) for p in self._levels(inputs)]
+        flat, level_hw = flatten_levels(levels)
         points, stride = make_anchor_points(level_hw, self.strides)
         split = 4 * self.reg_max
         distance = dfl_expectation(flat[..., :split], self.reg_max)

@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
 from keras_yolo.assign.anchor_points import (bbox2dist, dfl_expectation,
-                                             dist2bbox, make_anchor_points)
+                                             dist2bbox, flatten_levels,
+                                             make_anchor_points)
 from keras_yolo.assign.tal import TaskAlignedAssigner, ultralytics_ciou
 from keras_yolo.losses.base import (TRUTH_FORMAT, YoloLoss,
                                     check_positive_int)
@@ -116,10 +117,7 @@ class YoloV8Loss(YoloLoss):
     def terms(self, truth, levels):
         """`{"box", "cls", "dfl"}`: v8DetectionLoss's three terms, gains
         applied, scalars normalised over the batch."""
-        channels = 4 * self.reg_max + self.num_classes
-        level_hw = [(tf.shape(p)[1], tf.shape(p)[2]) for p in levels]
-        preds = tf.concat([tf.reshape(p, [tf.shape(p)[0], -1, channels])
-                           for p in levels], 1)
+        preds, level_hw = flatten_levels(levels)
         points, stride = make_anchor_points(level_hw, self.strides)
         image_shape = self.input_image_shape(levels)
         truth_xyxy = box_ops.convert(truth.boxes, TRUTH_FORMAT, "xyxy",

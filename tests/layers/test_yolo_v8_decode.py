@@ -175,3 +175,28 @@ def test_wrong_channels_and_levels_are_named():
         YoloV8Decode(num_classes=4)(raw)
     with pytest.raises(ValueError, match="3 levels"):
         YoloV8Decode()(raw[:2])
+
+
+def test_traced_with_unknown_batch_keeps_static_point_count():
+    """Exports trace with an unknown batch: N must stay static for NMS."""
+    layer = YoloV8Decode(num_classes=3)
+    spec = [tf.TensorSpec([None, 64 // s, 96 // s, 4 * REG_MAX + 3],
+                          tf.float32) for s in STRIDES]
+
+    @tf.function(input_signature=[spec])
+    def detect(levels):
+        return non_max_suppression(layer(levels), conf_thres=0.2)
+
+    graph = tf.function(layer).get_concrete_function(spec)
+    n = 8 * 12 + 4 * 6 + 2 * 3
+    assert graph.structured_outputs["boxes"].shape.as_list() == [None, n, 4]
+    assert graph.structured_outputs["objectness"].shape.as_list() == [None, n]
+    assert graph.structured_outputs["class_probs"].shape.as_list() == [
+        None, n, 3]
+    raw = random_levels(np.random.default_rng(6), 2, (64, 96), 3,
+                        cls_bias=0.0)
+    eager = non_max_suppression(layer(raw), conf_thres=0.2)
+    traced = detect(raw)
+    np.testing.assert_array_equal(traced["num_detections"],
+                                  eager["num_detections"])
+    np.testing.assert_allclose(traced["boxes"], eager["boxes"], rtol=1e-6)
