@@ -5,7 +5,7 @@
     python -m serving convert ... --out m.keras --export exported/   # + SavedModel and TFLite
 
 Writes the model (raw head outputs, keras-yolo's layout) to `--out` and its
-decode configuration (version, anchors in pixels, strides, classes,
+decode configuration (the decode layer's config: version, anchors in pixels, strides, classes,
 scale_x_y, ...) to `<out without .keras>.decode.json`, then reloads the
 `.keras` file and checks it reproduces the converted model on a random image.
 """
@@ -63,6 +63,8 @@ def convert(source, out, *, cfg=None, weights=None, flavor="auto", checkpoint=No
     """Python form of the command; returns `(model, decode_config_path, max_difference)`."""
     import keras
 
+    from keras_yolo import versions
+
     if not out.endswith(".keras"):
         raise ValueError(f"out={out!r} must end with .keras")
     if source == "darknet":
@@ -92,7 +94,12 @@ def convert(source, out, *, cfg=None, weights=None, flavor="auto", checkpoint=No
         model = load_yolov5(npz or checkpoint, input_shape=input_shape)
     else:
         raise ValueError(f"source={source!r} must be 'darknet' or 'yolov5'")
-    config = dict(model.decode_config)
+    # decode.json is the decode layer's own config (keras_yolo.versions);
+    # the importer's description of the source stays with it.
+    config = versions.decode_config(
+        versions.decode_layer(model.decode_config), model.decode_config["version"],
+        model.decode_config["input_shape"], model.decode_config["num_classes"])
+    config["importer"] = dict(model.decode_config)
     log(f"{model.name}: {model.count_params():,} parameters, {config['version']}, "
         f"{config['num_classes']} classes, outputs {[tuple(o.shape) for o in model.outputs]}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

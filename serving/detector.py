@@ -5,9 +5,12 @@
       -> {"boxes": (B, K, 4), "scores": (B, K), "classes": (B, K) int32,
           "num_detections": (B,) int32}, padded with -1
 
-The decode configuration travels with a model as `<model>.decode.json`
-(`{"version": "v5", "num_classes", "anchors" (input pixels), "strides",
-"input_shape", ...}`), the same file `python -m serving convert` writes.
+The decode configuration travels with a model as `<model>.decode.json`:
+`{"version": "v5", "layer": "YoloV5Decode", "input_shape", "num_classes",
+**YoloV5Decode.get_config()}` (`keras_yolo.versions.decode_config`), the
+same file `python -m serving convert` writes. Files of the older form (no
+"layer": `{"version", "num_classes", "anchors", "strides", ...}`) still
+load.
 """
 
 import json
@@ -15,13 +18,13 @@ import os
 
 import keras
 
-from keras_yolo.postprocess import NonMaxSuppression
+from keras_yolo import versions
+from keras_yolo.layers import NonMaxSuppression
 
 OUTPUT_KEYS = ("boxes", "scores", "classes", "num_detections")
-# Serving defaults: ultralytics detect.py (conf 0.25, IoU 0.45, 1000 max);
-# mAP evaluation uses conf 0.001, IoU 0.6 (ultralytics val.py).
-SERVING_NMS = {"conf_thres": 0.25, "iou_thres": 0.45, "max_det": 100}
-EVAL_NMS = {"conf_thres": 0.001, "iou_thres": 0.6, "max_det": 300}
+# The registry's defaults (each version's `serving_nms` / `eval_nms`).
+SERVING_NMS = dict(versions.SERVING_NMS)
+EVAL_NMS = dict(versions.EVAL_NMS)
 
 
 def decode_config_path(model_path):
@@ -47,32 +50,9 @@ def load_decode_config(path):
 
 
 def make_decode_layer(decode_config, bounding_box_format="xyxy"):
-    """The decode layer of a version's raw outputs (`decode_config` as in
-    the module docstring)."""
-    version = decode_config.get("version")
-    if version == "v1" and decode_config.get("parametrization"):
-        from keras_yolo.layers import YoloV1Decode
-
-        height, width = decode_config["input_shape"][:2]
-        return YoloV1Decode(
-            num_classes=decode_config["num_classes"],
-            grid_size=decode_config["grid_size"],
-            boxes_per_cell=decode_config["boxes_per_cell"],
-            bounding_box_format=bounding_box_format,
-            image_shape=(height, width),
-            parametrization=decode_config["parametrization"],
-            sqrt=decode_config.get("sqrt"),
-            softmax=decode_config.get("softmax"))
-    if version == "v5":
-        from keras_yolo.weights import make_yolov5_decoder
-
-        return make_yolov5_decoder(decode_config, bounding_box_format)
-    if version in ("v1", "v2", "v3", "v4"):
-        from keras_yolo.weights import make_decoder
-
-        return make_decoder(decode_config, bounding_box_format)
-    raise ValueError(f"decode_config['version'] must be v1..v5; got "
-                     f"{version!r}.")
+    """The decode layer of a decode configuration (`keras_yolo.versions`:
+    the layer's own config, or an older recipe / importer dict)."""
+    return versions.decode_layer(decode_config, bounding_box_format)
 
 
 def build_detector(model, decode, bounding_box_format="xyxy",
@@ -85,7 +65,8 @@ def build_detector(model, decode, bounding_box_format="xyxy",
         bounding_box_format: format of the output boxes (the decode layer's
             format when a layer is given).
         input_shape: `(H, W, 3)`; default the model's input shape.
-        nms_kwargs: `NonMaxSuppression` arguments (default `SERVING_NMS`).
+        nms_kwargs: `NonMaxSuppression` arguments (default: the version's
+            `serving_nms`, `SERVING_NMS` for an unregistered layer).
 
     Returns:
         a `keras.Model`: images -> `{"boxes", "scores", "classes",
@@ -96,12 +77,16 @@ def build_detector(model, decode, bounding_box_format="xyxy",
         >>> detector(images)["boxes"]
     """
     if isinstance(decode, dict):
+        version = versions.get(decode.get("version"))
         decode = make_decode_layer(decode, bounding_box_format)
+    else:
+        version = versions.of_layer(decode)
+    defaults = version.serving_nms if version is not None else SERVING_NMS
     box_format = getattr(decode, "bounding_box_format", bounding_box_format)
     shape = tuple(input_shape or model.input_shape[1:])
     images = keras.Input(shape, name="images")
     nms = NonMaxSuppression(bounding_box_format=box_format,
-                            **{**SERVING_NMS, **nms_kwargs})
+                            **{**defaults, **nms_kwargs})
     outputs = nms(decode(model(images)))
     return keras.Model(images, {k: outputs[k] for k in OUTPUT_KEYS},
                        name=name)

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from conftest import require_file, require_peer
 from darknet_reorg_reference import reorg_cpu
+from keras_yolo import versions
 from keras_yolo.weights import darknet as darknet_import
 from keras_yolo.weights import darknet_layers as dl
 from keras_yolo.weights import load_darknet, make_decoder, parse_cfg
@@ -594,7 +595,18 @@ def test_convert_command_writes_keras_and_decode_config(zoo, tmp_path, capsys):
     restored = keras.saving.load_model(out)
     np.testing.assert_array_equal(np.asarray(restored(images)[0]), np.asarray(model(images)[0]))
     with open(str(tmp_path / "zoo.decode.json")) as f:
-        assert json.load(f) == json.loads(json.dumps(model.decode_config))
+        saved = json.load(f)
+    # decode.json is the decode layer's own config; the cfg's description rides along.
+    assert saved["importer"] == json.loads(json.dumps(model.decode_config))
+    decoder = make_decoder(model.decode_config, "xyxy")
+    assert saved["layer"] == type(decoder).__name__
+    assert {k: saved[k] for k in decoder.get_config() if k != "name"} == json.loads(json.dumps(
+        {k: v for k, v in decoder.get_config().items() if k != "name"} | {"bounding_box_format": "rel_center_xywh"}))
+    levels = lambda raw: raw if isinstance(raw, (list, tuple)) else [raw]  # noqa: E731 - one [yolo] level
+    expected = decoder(levels(model(images)))
+    actual = versions.decode_layer(saved, "xyxy")(levels(restored(images)))
+    for key in ("boxes", "objectness", "class_probs"):
+        np.testing.assert_array_equal(np.asarray(actual[key]), np.asarray(expected[key]))
     assert main(["convert", "--from", "darknet", "--cfg", cfg, "--out", out]) == 2
     assert "--weights" in capsys.readouterr().err
 

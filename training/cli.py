@@ -176,8 +176,11 @@ def add_train_parser(subparsers):
         "train", help="train a detector; writes a run directory",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Checked against the registry when the command runs (importing it
+    # here would load TensorFlow for --help).
     parser.add_argument("--version", default="v5",
-                        choices=["v1", "v2", "v3", "v4", "v5"])
+                        help="a registered YOLO version "
+                        "(keras_yolo.versions.names(): v1 ... v5)")
     parser.add_argument("--model", help="a keras_yolo.models.build name "
                         "(e.g. yolov5s); default the version's small model")
     _add_data_arguments(parser)
@@ -231,7 +234,7 @@ def add_train_parser(subparsers):
     parser.add_argument("--clip-norm", type=float, default=10.0,
                         help="global gradient norm limit (0: off)")
     parser.add_argument("--no-autoanchor", action="store_true",
-                        help="v5: skip ultralytics' anchor check (best "
+                        help="v5 (versions with autoanchor): skip ultralytics' anchor check (best "
                         "possible recall < 0.98: k-means + genetic anchors)")
     parser.add_argument("--no-ema", action="store_true")
     parser.add_argument("--ema-momentum", default="auto")
@@ -262,6 +265,7 @@ def add_train_parser(subparsers):
 
 
 def run_train(args):
+    from keras_yolo import versions
     from serving.detector import decode_config_path, save_decode_config
     from training import recipes
     from training.run import setup_logging
@@ -269,6 +273,10 @@ def run_train(args):
 
     from training.strategy import make_strategy
 
+    try:
+        version = versions.get(args.version)
+    except ValueError as error:
+        raise SystemExit(f"train: error: --version: {error}") from None
     setup_logging()
     # Before any other TF op: MultiWorkerMirroredStrategy requires it.
     strategy = make_strategy(args.strategy)
@@ -280,11 +288,11 @@ def run_train(args):
     recipe = recipes.make_recipe(args.version, num_classes, args.image_size,
                                  model=args.model)
     anchor_report = None
-    if args.version == "v5" and not args.no_autoanchor:
+    if version.autoanchor and not args.no_autoanchor:
         # The labels as stored (yolov5 checks dataset.labels, not mosaics).
         plain = argparse.Namespace(**{**vars(args), "augment": False})
         anchors, anchor_report = recipes.autoanchor(
-            recipe.decode_config["anchors"], _dataset(plain, "train")[0],
+            recipe.head["anchors"], _dataset(plain, "train")[0],
             args.image_size, seed=args.seed)
         logging.getLogger("training").info(
             "autoanchor: %.2f anchors/target, best possible recall %.4f%s",
@@ -400,10 +408,9 @@ def run_evaluate(args):
     import keras
     import tensorflow as tf
 
-    from keras_yolo import metrics
-    from keras_yolo.postprocess import NonMaxSuppression
-    from serving.detector import (decode_config_path, load_decode_config,
-                                  make_decode_layer)
+    from keras_yolo import metrics, versions
+    from keras_yolo.layers import NonMaxSuppression
+    from serving.detector import decode_config_path, load_decode_config
     from training.run import read_json, setup_logging, write_json
     from training.trainer import batch_dataset
 
@@ -423,7 +430,7 @@ def run_evaluate(args):
     val_ds, num_classes = _dataset(args, "val")
     model = keras.saving.load_model(model_path, compile=False)
     fmt = "rel_center_xywh"
-    decode = make_decode_layer(decode_config, fmt)
+    decode = versions.decode_layer(decode_config, fmt)
     nms = NonMaxSuppression(bounding_box_format=fmt,
                             conf_thres=args.conf_thres,
                             iou_thres=args.iou_thres, max_det=300)

@@ -4,9 +4,9 @@
 
 1. generates the shapes dataset (training and held-out validation images);
 2. measures the untrained model's COCO mAP (the baseline);
-3. trains a small detector (YOLOv5 objective by default; `--version v1..v5`)
-   with warmup + cosine, EMA and resumable backups, for `--epochs` or
-   `--minutes` of training, whichever ends first (the cosine schedule is
+3. trains a small detector (YOLOv5 objective by default; `--version` any
+   registered one, v1..v5) with warmup + cosine, EMA and resumable backups,
+   for `--epochs` or `--minutes` of training, whichever ends first (the cosine schedule is
    shortened to end within the time budget on a slower machine);
 4. evaluates COCO mAP@0.5 and mAP@0.5:0.95 on the validation images;
 5. exports a TF Serving SavedModel (decode + NMS inside, core TF ops only)
@@ -204,8 +204,11 @@ def add_parser(subparsers):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="run directory (default "
                         "runs/demo-<time>)")
+    # Checked against the registry when the command runs (importing it
+    # here would load TensorFlow for --help).
     parser.add_argument("--version", default=DEFAULTS["version"],
-                        choices=["v1", "v2", "v3", "v4", "v5"])
+                        help="a registered YOLO version "
+                        "(keras_yolo.versions.names(): v1 ... v5)")
     for key in ("image_size", "num_classes", "train_images", "val_images",
                 "epochs", "batch_size", "seed"):
         parser.add_argument("--" + key.replace("_", "-"), type=int,
@@ -227,6 +230,12 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from keras_yolo import versions
+
+    try:
+        versions.get(args.version)
+    except ValueError as error:
+        raise SystemExit(f"demo: error: --version: {error}") from None
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
     run_demo(args.out, args.version, args.image_size, args.num_classes,
              args.train_images, args.val_images, args.epochs,

@@ -24,20 +24,13 @@ import dataclasses
 import numpy as np
 
 from keras_yolo import anchors as default_anchors
+from keras_yolo import versions
 
-VERSIONS = ("v1", "v2", "v3", "v4", "v5")
-# Input size each version's default anchors are scaled from. yolov5 trains
-# its (YOLOv3's) anchors at 640, but at 640 they are small for objects
-# spanning 3% to 60% of the image; the shapes benchmarks scale v3's and
-# v5's from darknet's 416, as here.
-REFERENCE_SIZE = {"v2": 416, "v3": 416, "v4": 608, "v5": 416}
-DEFAULT_ANCHORS = {"v2": default_anchors.YOLOV2_VOC_ANCHORS,
-                   "v3": default_anchors.YOLOV3_ANCHORS,
-                   "v4": default_anchors.YOLOV4_ANCHORS,
-                   "v5": default_anchors.YOLOV5_ANCHORS}
-# Without `small_v5`: yolov5n's depth at half its width (ultralytics' yaml
-# multiples), a size that trains in minutes on two CPU cores.
-DEMO_V5_MULTIPLES = (0.33, 0.125)
+
+def __getattr__(name):
+    if name == "VERSIONS":  # the registered versions (keras_yolo.versions)
+        return versions.names()
+    raise AttributeError(f"module 'training.recipes' has no attribute {name!r}")
 
 
 @dataclasses.dataclass
@@ -45,39 +38,39 @@ class Recipe:
     version: str
     build_model: object   # () -> keras.Model
     build_loss: object    # () -> keras.losses.Loss
-    decode_config: dict   # serving's decode.json
+    decode_config: dict   # serving's decode.json (`keras_yolo.versions`)
     image_size: int
     num_classes: int
     bounding_box_format: str = "rel_center_xywh"
+    head: dict = None     # the arguments loss and decode layer share
 
     def decode_layer(self, bounding_box_format=None):
-        from serving.detector import make_decode_layer
-
-        return make_decode_layer(self.decode_config,
-                                 bounding_box_format or
-                                 self.bounding_box_format)
+        return versions.decode_layer(self.decode_config,
+                                     bounding_box_format or
+                                     self.bounding_box_format)
 
     def postprocess(self, bounding_box_format=None, **nms_kwargs):
         """Raw outputs -> detections (decode + NMS at evaluation settings)."""
-        from keras_yolo.postprocess import NonMaxSuppression
-        from serving.detector import EVAL_NMS
+        from keras_yolo.layers import NonMaxSuppression
 
         fmt = bounding_box_format or self.bounding_box_format
         decode = self.decode_layer(fmt)
-        nms = NonMaxSuppression(bounding_box_format=fmt,
-                                **{**EVAL_NMS, **nms_kwargs})
+        nms = NonMaxSuppression(
+            bounding_box_format=fmt,
+            **{**versions.get(self.version).eval_nms, **nms_kwargs})
         return lambda raw: nms(decode(raw))
 
 
 def scaled_anchors(version, image_size):
-    anchors = np.asarray(DEFAULT_ANCHORS[version], np.float64)
-    return (anchors * image_size / REFERENCE_SIZE[version]).tolist()
+    """The version's default anchors for square `image_size` inputs."""
+    return versions.get(version).default_anchors(image_size)
 
 
 def make_recipe(version="v5", num_classes=3, image_size=128, model=None,
                 bounding_box_format="rel_center_xywh", anchors=None,
                 **loss_kwargs):
-    """The recipe of `version` ("v1".."v5").
+    """The recipe of a registered `version` ("v1".."v5",
+    `keras_yolo.versions.names()`).
 
     Args:
         model: None for the version's small model, or a
@@ -86,91 +79,44 @@ def make_recipe(version="v5", num_classes=3, image_size=128, model=None,
             (e.g. from `autoanchor`); None keeps them.
         loss_kwargs: loss hyperparameters overriding the recipe's.
     """
-    if version not in VERSIONS:
-        raise ValueError(f"`version` must be one of {VERSIONS}; "
-                         f"got {version!r}.")
+    spec = versions.get(version)
     if image_size % 32:
         raise ValueError(f"`image_size` must be a multiple of 32; "
                          f"got {image_size}.")
-    from keras_yolo import losses, models
-
     shape = (image_size, image_size, 3)
-    config = {"version": version, "num_classes": num_classes,
-              "input_shape": list(shape)}
     fmt = bounding_box_format
-
-    if model is not None:
-        spec = models.model_spec(model)
-        build_model = lambda: models.build(model, num_classes, shape)  # noqa: E731
-        strides = list(spec["strides"])
-        if anchors is None and spec["anchors"] is not None:
-            anchors = default_anchors_of(version, model, image_size)
-    else:
-        strides = [32] if version == "v2" else [8, 16, 32]
-        if anchors is None and version != "v1":
-            anchors = scaled_anchors(version, image_size)
-        build_model = _small_model(version, num_classes, image_size)
-
     if anchors is not None:
-        if version == "v1":
-            raise ValueError("YOLOv1 has no anchors.")
-        if np.shape(anchors) != np.shape(default_anchors_of(version, model,
-                                                          image_size)):
+        defaults = spec.default_anchors(image_size, model)
+        if defaults is None:
+            raise ValueError(f"{version} has no anchors.")
+        expected = np.shape(defaults)
+        if np.shape(anchors) != expected:
             raise ValueError(
-                f"`anchors` must have the shape "
-                f"{np.shape(default_anchors_of(version, model, image_size))}"
-                f" of {version}'s anchors; got {np.shape(anchors)}.")
+                f"`anchors` must have the shape {expected} of {version}'s "
+                f"anchors; got {np.shape(anchors)}.")
         anchors = np.asarray(anchors, np.float64).tolist()
-
-    if version == "v1":
-        grid = image_size // 32 if model is None else 7
-        config.update(grid_size=grid, boxes_per_cell=2, sqrt=None,
-                      softmax=None, parametrization="logistic")
-        if model is None:
-            build_model = _small_model("v1", num_classes, image_size, grid)
-        loss = lambda: losses.YoloV1Loss(  # noqa: E731
-            num_classes, grid_size=grid, boxes_per_cell=2,
-            bounding_box_format=fmt, parametrization="logistic",
-            **loss_kwargs)
+    head = spec.head_arguments(image_size, model, anchors)
+    if model is None:
+        build_model = lambda: spec.small_model(num_classes, image_size)  # noqa: E731
     else:
-        config.update(anchors=anchors, strides=strides)
-        if version == "v2":
-            loss = lambda: losses.YoloV2Loss(  # noqa: E731
-                num_classes, anchors=anchors, strides=tuple(strides),
-                bounding_box_format=fmt, **loss_kwargs)
-        elif version == "v3":
-            loss = lambda: losses.YoloV3Loss(  # noqa: E731
-                num_classes, anchors=anchors, strides=tuple(strides),
-                bounding_box_format=fmt, **loss_kwargs)
-        elif version == "v4":
-            from keras_yolo.losses.yolo_v4 import YOLOV4_SCALE_X_Y
+        from keras_yolo import models
 
-            config["scale_x_y"] = YOLOV4_SCALE_X_Y
-            loss = lambda: losses.YoloV4Loss(  # noqa: E731
-                num_classes, anchors=anchors, strides=tuple(strides),
-                bounding_box_format=fmt, **loss_kwargs)
-        else:
-            gains = losses.scale_hyperparameters(
-                num_levels=len(strides), num_classes=num_classes,
-                image_size=image_size)
-            loss = lambda: losses.YoloV5Loss(  # noqa: E731
-                num_classes, anchors=anchors, strides=tuple(strides),
-                bounding_box_format=fmt, **{**gains, **loss_kwargs})
-    return Recipe(version, build_model, loss, config, image_size,
-                  num_classes, fmt)
+        build_model = lambda: models.build(model, num_classes, shape)  # noqa: E731
+    num_levels = len(head.get("strides", ()))
+    loss_options = {**spec.loss_arguments(num_classes, image_size,
+                                          num_levels), **loss_kwargs}
+    build_loss = lambda: spec.loss(  # noqa: E731
+        num_classes, bounding_box_format=fmt, **head, **loss_options)
+    decode = versions.make_decode_layer(version, num_classes, head,
+                                        image_size, fmt)
+    config = versions.decode_config(decode, version, shape, num_classes)
+    return Recipe(version, build_model, build_loss, config, image_size,
+                  num_classes, fmt, head)
 
 
 def default_anchors_of(version, model, image_size):
     """The recipe's anchors before any autoanchor (pixels)."""
-    if version == "v1":
-        return None
-    if model is not None:
-        from keras_yolo import models
-
-        spec = models.model_spec(model)
-        return (np.asarray(spec["anchors"], np.float64) * image_size
-                / spec["input_shape"][0]).tolist()
-    return scaled_anchors(version, image_size)
+    return versions.get(version).default_anchors(image_size, model)
 
 
 def dataset_label_sizes(dataset, image_size,
@@ -200,7 +146,7 @@ def autoanchor(anchors, dataset, image_size, anchor_t=4.0, seed=0,
         `(anchors, report)` as `keras_yolo.anchors.check_anchors`.
 
     Example:
-        >>> new, report = autoanchor(recipe.decode_config["anchors"],
+        >>> new, report = autoanchor(recipe.head["anchors"],
         ...                          train_ds, 640)
         >>> recipe = make_recipe("v5", 3, 640, anchors=new)
     """
@@ -210,34 +156,3 @@ def autoanchor(anchors, dataset, image_size, anchor_t=4.0, seed=0,
         **kwargs)
     report["labels"] = int(len(wh))
     return new.tolist(), report
-
-
-def _small_model(version, num_classes, image_size, grid=None):
-    from keras_yolo import models
-
-    if version == "v1":
-        from keras_yolo.models.small_v1 import small_v1
-
-        return lambda: small_v1(num_classes, grid_size=grid,
-                                input_size=image_size)
-    if version == "v2":
-        from keras_yolo.models.small_v2 import small_v2
-
-        return lambda: small_v2(num_classes, input_size=image_size)
-    if version == "v3":
-        from keras_yolo.models.small_v3 import small_v3
-
-        return lambda: small_v3(num_classes, input_size=image_size)
-    if version == "v4":
-        from keras_yolo.models.small_v4 import small_v4
-
-        return lambda: small_v4(num_classes,
-                                input_shape=(image_size, image_size, 3))
-    try:
-        from keras_yolo.models.small_v5 import small_v5
-    except ImportError:
-        depth, width = DEMO_V5_MULTIPLES
-        return lambda: models.yolov5(
-            num_classes, (image_size, image_size, 3), depth_multiple=depth,
-            width_multiple=width, name="yolov5_demo")
-    return lambda: small_v5(num_classes, input_size=image_size)

@@ -17,47 +17,28 @@ Extra keyword arguments go to the builder (`boxes_per_cell` for v1,
 `darknet_reorg` for v2, `sam` / `dropblock_rate` for v4).
 """
 
-import functools
-
-from keras_yolo import anchors as default_anchors
-from keras_yolo.models.yolov1 import yolov1
-from keras_yolo.models.yolov2 import yolov2, yolov2_tiny
-from keras_yolo.models.yolov3 import yolov3, yolov3_tiny
-from keras_yolo.models.yolov4 import yolov4, yolov4_tiny
-from keras_yolo.models.yolov5 import YOLOV5_MULTIPLES, yolov5
-
 # darknet cfg/yolov3-tiny.cfg and AlexeyAB cfg/yolov4-tiny.cfg anchors at 416 (pixels), per level.
 _TINY_ANCHORS = [(10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)]
 YOLOV3_TINY_ANCHORS = [_TINY_ANCHORS[0:3], _TINY_ANCHORS[3:6]]   # masks 0,1,2 and 3,4,5
 YOLOV4_TINY_ANCHORS = [_TINY_ANCHORS[1:4], _TINY_ANCHORS[3:6]]   # masks 1,2,3 and 3,4,5 (sic, the cfg's)
 
-_SPECS = {
-    "yolov1": (functools.partial(yolov1, tiny=False), (448, 448, 3), (64,), None),
-    "yolov1-tiny": (functools.partial(yolov1, tiny=True), (448, 448, 3), (64,), None),
-    "yolov2": (yolov2, (416, 416, 3), (32,), default_anchors.YOLOV2_COCO_ANCHORS),
-    "yolov2-tiny": (yolov2_tiny, (416, 416, 3), (32,), default_anchors.YOLOV2_COCO_ANCHORS),
-    "yolov3": (yolov3, (416, 416, 3), (8, 16, 32), default_anchors.YOLOV3_ANCHORS),
-    "yolov3-spp": (functools.partial(yolov3, spp=True), (608, 608, 3), (8, 16, 32),
-                   default_anchors.YOLOV3_ANCHORS),
-    "yolov3-tiny": (yolov3_tiny, (416, 416, 3), (16, 32), YOLOV3_TINY_ANCHORS),
-    "yolov4": (yolov4, (608, 608, 3), (8, 16, 32), default_anchors.YOLOV4_ANCHORS),
-    "yolov4-tiny": (yolov4_tiny, (416, 416, 3), (16, 32), YOLOV4_TINY_ANCHORS),
-}
-for _size, (_depth, _width) in YOLOV5_MULTIPLES.items():
-    _SPECS[f"yolov5{_size}"] = (
-        functools.partial(yolov5, depth_multiple=_depth, width_multiple=_width),
-        (640, 640, 3), (8, 16, 32), default_anchors.YOLOV5_ANCHORS)
+
+def _registry():
+    # The networks are the versions' (`keras_yolo.versions`), which import this module.
+    from keras_yolo import versions
+
+    return versions
 
 
 def available_models():
     """The names `build` accepts, e.g. `["yolov1", ..., "yolov5x"]`."""
-    return list(_SPECS)
+    return _registry().model_names()
 
 
 def model_spec(name):
     """`{"input_shape", "strides", "anchors"}` defaults of a named model (anchors in input pixels, or None)."""
-    _, input_shape, strides, anchors = _SPECS[_check_name(name)]
-    return {"input_shape": input_shape, "strides": strides, "anchors": anchors}
+    _, spec = _registry().of_model(name)
+    return {"input_shape": spec.input_shape, "strides": spec.strides, "anchors": spec.anchors}
 
 
 def build(name, num_classes=80, input_shape=None, **kwargs):
@@ -79,12 +60,6 @@ def build(name, num_classes=80, input_shape=None, **kwargs):
         >>> [o.shape for o in model.outputs]
         [(None, 80, 80, 3, 85), (None, 40, 40, 3, 85), (None, 20, 20, 3, 85)]
     """
-    builder, default_shape, _, _ = _SPECS[_check_name(name)]
+    _, spec = _registry().of_model(name)
     kwargs.setdefault("name", name.replace("-", "_"))
-    return builder(num_classes=num_classes, input_shape=tuple(input_shape or default_shape), **kwargs)
-
-
-def _check_name(name):
-    if name not in _SPECS:
-        raise ValueError(f"name must be one of {available_models()}, got {name!r}")
-    return name
+    return spec.builder(num_classes=num_classes, input_shape=tuple(input_shape or spec.input_shape), **kwargs)

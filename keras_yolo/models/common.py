@@ -4,6 +4,7 @@ import contextlib
 
 import keras
 
+from keras_yolo import keras_compat
 from keras_yolo.layers.anchor_split import AnchorSplit
 
 # darknet's BN: rolling statistics updated with .99 / .01 (convolutional_layer.c), epsilon 1e-5 (AlexeyAB).
@@ -53,11 +54,10 @@ def shapes_only():
     """
     # Keras keeps deferred variables in a global list and initialises them when the
     # next outermost StatelessScope closes; restore the list so they never are.
-    from keras.src.backend.common import global_state  # noqa: PLC0415 - no public handle on the list
-
-    before = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    get_deferred, set_deferred = keras_compat.deferred_variables()
+    before = list(get_deferred() or [])
     try:
         with keras.StatelessScope(initialize_variables=False):
             yield
     finally:
-        global_state.set_global_attribute("uninitialized_variables", before)
+        set_deferred(before)

@@ -9,6 +9,7 @@ pooling and additions are not counted.
 
 import keras
 
+from keras_yolo import keras_compat
 from keras_yolo.layers.conv_bn import ConvBNAct
 from keras_yolo.layers.sam import SpatialAttention
 
@@ -63,5 +64,5 @@ def flops(model, input_shape):
         return outputs
 
     # Functional models run their graph with a per-layer hook; Keras has no public one.
-    model._run_through_graph([keras.KerasTensor((1,) + input_shape)], call_fn=trace)
+    keras_compat.run_through_graph(model, [keras.KerasTensor((1,) + input_shape)], trace)
     return int(total)

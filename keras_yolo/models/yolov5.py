@@ -29,11 +29,23 @@ CHANNEL_DIVISOR = 8
 _PRIOR_OBJECTS_PER_IMAGE, _PRIOR_IMAGE_SIZE, _PRIOR_CLASS_PROB = 8.0, 640.0, 0.6
 
 
-def _repeats(n, depth_multiple):
+def repeats(n, depth_multiple):
+    """Blocks of a yaml module with `n` repeats: max(round(n * depth), 1) (ultralytics `parse_model`).
+
+    Example:
+        >>> repeats(9, 0.33)
+        3
+    """
     return max(round(n * depth_multiple), 1) if n > 1 else n
 
 
-def _channels(c, width_multiple):
+def channels(c, width_multiple):
+    """Channels of a yaml module with `c`: ceil(c * width / 8) * 8 (ultralytics `make_divisible`).
+
+    Example:
+        >>> channels(64, 0.25)
+        16
+    """
     return int(math.ceil(c * width_multiple / CHANNEL_DIVISOR) * CHANNEL_DIVISOR)
 
 
@@ -45,8 +57,8 @@ def yolov5(num_classes=80, input_shape=(640, 640, 3), depth_multiple=0.33, width
         [(None, 80, 80, 3, 85), (None, 40, 40, 3, 85), (None, 20, 20, 3, 85)]
     """
     check_num_classes(num_classes)
-    c = lambda channels: _channels(channels, width_multiple)  # noqa: E731 - yaml shorthand
-    d = lambda repeats: _repeats(repeats, depth_multiple)  # noqa: E731
+    c = lambda count: channels(count, width_multiple)  # noqa: E731 - yaml shorthand
+    d = lambda count: repeats(count, depth_multiple)  # noqa: E731
     kw = YOLOV5_CONV
     inputs = image_input(input_shape)
     # backbone

@@ -617,7 +617,7 @@ def load_darknet(cfg_path, weights_path=None, *, input_shape=None, flavor="auto"
     builder = _Builder(sections, input_shape, flavor).build()
     decode_config = _decode_config(builder)
     raws = [raw for _, _, raw, _ in builder.heads]
-    if decode_config["version"] in ("v3", "v4", "v5"):
+    if "darknet_order" in decode_config:  # [yolo] levels, ascending stride
         outputs = [raws[i] for i in decode_config["darknet_order"]]
     else:
         outputs = raws[0]
@@ -645,7 +645,8 @@ def darknet_decode_config(cfg_path, flavor="auto"):
 
 
 def make_decoder(decode_config, bounding_box_format="rel_center_xywh", name=None):
-    """The keras-yolo decode layer for a converted darknet model's raw outputs.
+    """The keras-yolo decode layer for a converted darknet model's raw outputs
+    (`keras_yolo.versions.decode_layer` of `model.decode_config`).
 
     v1: `YoloV1Decode(parametrization="linear")` with the cfg's `sqrt` and
     `softmax` (darknet's own box semantics); v2: `YoloV2Decode`; v3:
@@ -658,29 +659,6 @@ def make_decoder(decode_config, bounding_box_format="rel_center_xywh", name=None
         >>> decode = make_decoder(model.decode_config, "xyxy")
         >>> decode(model(images))["boxes"]   # (B, N, 4) pixels
     """
-    from keras_yolo import layers  # the decode layers live with the other layers
+    from keras_yolo import versions  # imports the models, which this module's users may not need
 
-    version = decode_config["version"]
-    height, width = decode_config["input_shape"][:2]
-    if version == "v1":
-        return layers.YoloV1Decode(
-            num_classes=decode_config["num_classes"], grid_size=decode_config["grid_size"],
-            boxes_per_cell=decode_config["boxes_per_cell"],
-            bounding_box_format=bounding_box_format, image_shape=(height, width),
-            parametrization="linear", sqrt=decode_config["sqrt"],
-            softmax=decode_config["softmax"], name=name)
-    strides = [int(round(s)) for s in decode_config["strides"]]
-    if version == "v2":
-        return layers.YoloV2Decode(anchors=decode_config["anchors"], strides=strides,
-                                   bounding_box_format=bounding_box_format, name=name)
-    if version == "v3":
-        return layers.YoloV3Decode(anchors=decode_config["anchors"], strides=strides,
-                                   bounding_box_format=bounding_box_format, name=name)
-    if version == "v5":
-        return layers.YoloV5Decode(anchors=decode_config["anchors"], strides=strides,
-                                   bounding_box_format=bounding_box_format, name=name)
-    if version == "v4":
-        return layers.YoloV4Decode(anchors=decode_config["anchors"], strides=strides,
-                                   scale_x_y=decode_config["scale_x_y"],
-                                   bounding_box_format=bounding_box_format, name=name)
-    raise ValueError(f"decode_config['version']={version!r} is not v1..v5")
+    return versions.decode_layer(decode_config, bounding_box_format, name=name)

@@ -119,7 +119,7 @@ def export_yolov5_npz(checkpoint, npz_path):
 
 
 def _size_of(state):
-    from keras_yolo.models.yolov5 import YOLOV5_MULTIPLES, _channels, _repeats
+    from keras_yolo.models.yolov5 import YOLOV5_MULTIPLES, channels, repeats
 
     try:
         stem = state["model.0.conv.weight"].shape[0]
@@ -127,7 +127,7 @@ def _size_of(state):
         raise ValueError("not a yolov5 v6.0+ state dict: no model.0.conv.weight") from None
     blocks = len({key.split(".")[3] for key in state if key.startswith("model.2.m.")})
     for size, (depth, width) in YOLOV5_MULTIPLES.items():
-        if _channels(64, width) == stem and _repeats(3, depth) == blocks:
+        if channels(64, width) == stem and repeats(3, depth) == blocks:
             return size
     raise ValueError(f"no yolov5 size has a stem of {stem} channels and {blocks} bottlenecks "
                      f"in model.2 (sizes: {sorted(YOLOV5_MULTIPLES)})")
@@ -245,7 +245,6 @@ def load_yolov5_weights(model, checkpoint):
 
 def make_yolov5_decoder(decode_config, bounding_box_format="center_xywh", name=None):
     """`YoloV5Decode` with the checkpoint's anchors (ultralytics Detect's inference decoding)."""
-    from keras_yolo.layers import YoloV5Decode
+    from keras_yolo import versions
 
-    return YoloV5Decode(anchors=decode_config["anchors"], strides=decode_config["strides"],
-                        bounding_box_format=bounding_box_format, name=name)
+    return versions.decode_layer(decode_config, bounding_box_format, name=name)
