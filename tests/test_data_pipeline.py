@@ -262,9 +262,13 @@ def test_augment_calls_the_training_pipeline_with_unpadded_samples(
     root, expected = small
     seen = {}
 
-    def training_pipeline(dataset, image_size, seed=None, **hyp):
+    def training_pipeline(dataset, image_size, seed=None, read_sample=None,
+                          num_samples=None, **hyp):
         seen.update(image_size=image_size, seed=seed, hyp=hyp,
-                    spec=dataset.element_spec)
+                    index_spec=dataset.element_spec, num_samples=num_samples)
+        # The mosaic reads its images (and partners) by index.
+        dataset = dataset.map(read_sample)
+        seen["spec"] = dataset.element_spec
 
         def square(image, y):  # stretch to S x S: boxes scale per axis
             shape = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -283,6 +287,7 @@ def test_augment_calls_the_training_pipeline_with_unpadded_samples(
                    augment_options={"mosaic": 0.5})
     assert seen["image_size"] == 48 and seen["seed"] == 7
     assert seen["hyp"] == {"mosaic": 0.5}
+    assert seen["index_spec"].dtype == tf.int64 and seen["num_samples"] == 12
     image_spec, y_spec = seen["spec"]
     assert image_spec.dtype == tf.uint8 and image_spec.shape.rank == 3
     assert y_spec["boxes"].shape.as_list() == [None, 4]

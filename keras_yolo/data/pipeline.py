@@ -11,8 +11,12 @@ memory):
     -> decode                tf.io.decode_image (JPEG/PNG/BMP/GIF, any size,
                              grayscale -> RGB), parallel
     -> augment=False: letterbox to (S, S), uint8  [cache] [shuffle]
-       augment=True:  resize the long side to S   [cache] [shuffle]
-                      -> keras_yolo.data.augment.training_pipeline
+       augment=True:  keras_yolo.data.augment.training_pipeline on the
+                      indices, reading each image and its three mosaic
+                      partners (uniform over the split) by index, resized
+                      to a long side of S; with `cache`: on the decoded,
+                      resized images (cached, shuffled), mosaic partners
+                      from a pool of consecutive images
     -> boxes to `bounding_box_format`, padded to `max_boxes` with label -1
     -> prefetch
 
@@ -148,9 +152,14 @@ def load(source, split="train", image_size=640, augment=False,
             raise sources_lib.DataError(
                 f"{records.source}: split {split!r} holds no usable image.")
         names = records.class_names
-        samples, count = _file_samples(records, shard, shuffle and not cache,
-                                       seed, augment, image_size,
-                                       return_ignored)
+        samples, count, read_sample = _file_samples(
+            records, shard, shuffle and not cache, seed, augment, image_size,
+            return_ignored)
+        if augment and not cache:
+            augment_options = dict(augment_options or {},
+                                   read_sample=read_sample,
+                                   num_samples=len(records))
+            samples = samples.indices
         most = max(len(b) for b in records.boxes)
         most_ignored = max([len(b) for b in records.ignored] + [1])
     if max_boxes is None:
@@ -217,9 +226,12 @@ def _ragged_rows(boxes, labels):
 
 def _file_samples(records, shard, shuffle, seed, augment, image_size,
                   return_ignored=False):
-    """Decoded samples: letterboxed `(S, S, 3)` float + boxes (augment=False)
-    or `(h, w, 3)` uint8 with long side S + boxes (augment=True); boxes
-    unpadded `xyxy` pixels (and the ignored regions with `return_ignored`)."""
+    """`(samples, count, read_sample)`. Samples: decoded letterboxed
+    `(S, S, 3)` uint8 + boxes (augment=False) or `(h, w, 3)` uint8 with long
+    side S + boxes (augment=True); boxes unpadded `xyxy` pixels (and the
+    ignored regions with `return_ignored`); `samples.indices` is the index
+    dataset they come from. `read_sample(i)` reads and decodes sample i of
+    the records (any, not only this shard's)."""
     paths = tf.constant(records.image_paths)
     file_sizes = tf.constant([os.path.getsize(p) for p in records.image_paths],
                              tf.int64)
@@ -267,8 +279,13 @@ def _file_samples(records, shard, shuffle, seed, augment, image_size,
         decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # One record a file: the count flat_map hides (the trainer's steps per
     # epoch). The auto-shard rewrite drops this assertion.
-    return samples.apply(tf.data.experimental.assert_cardinality(count)), \
-        count
+    samples = samples.apply(tf.data.experimental.assert_cardinality(count))
+    samples.indices = indices
+
+    def read_sample(i):
+        return decode(i, tf.io.read_file(paths[i]))
+
+    return samples, count, read_sample
 
 
 def _fit_long_side(image, boxes, size):
@@ -305,7 +322,8 @@ def _shapes_samples(split, image_size, num_images, num_classes, seed,
 
 
 def _augment(samples, image_size, seed, options):
-    """Samples -> `keras_yolo.data.augment.training_pipeline`."""
+    """Samples (or indices, with `options["read_sample"]`) ->
+    `keras_yolo.data.augment.training_pipeline`."""
     try:
         from keras_yolo.data import augment as augment_lib
     except ImportError as error:
@@ -318,7 +336,8 @@ def _augment(samples, image_size, seed, options):
                             tf.uint8)
         return image, y
 
-    samples = samples.map(to_uint8)
+    if "read_sample" not in options:
+        samples = samples.map(to_uint8)
     return augment_lib.training_pipeline(samples, image_size, seed=seed,
                                          **options)
 

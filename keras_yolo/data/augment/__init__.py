@@ -16,4 +16,5 @@ from keras_yolo.data.augment.mix import cutmix, mixup
 from keras_yolo.data.augment.mosaic import mosaic
 from keras_yolo.data.augment.multiscale import multi_scale, multi_scale_sizes
 from keras_yolo.data.augment.pipeline import (DEFAULT_HYPERPARAMETERS,
-                                              CloseMosaic, training_pipeline)
+                                              CloseMosaic, mosaic_partners,
+                                              training_pipeline)

@@ -14,16 +14,24 @@ Per output image, as `LoadImagesAndLabels.__getitem__` with `augment=True`:
    left-right flip (`fliplr`) (HSV is applied last, on the whole pool: per
    pixel, it commutes with the flips).
 
-The "three others" come from a pool: `pool_size` consecutive input images are
-padded into one batch, and each of its outputs draws its companions (without
-replacement) and its MixUp/CutMix partner from that pool. So an epoch yields
-one output per input image, as ultralytics does, and each image is decoded
-once (ultralytics decodes four per mosaic). Outputs are then shuffled in a
-`shuffle_buffer` so a training batch does not hold one pool's mosaics only.
-The price: an image's (about four) appearances fall within a few consecutive
-outputs, so a batch often shows one image twice in different mosaics, where
-ultralytics spreads them over the epoch; a larger `shuffle_buffer` spreads
-them further (memory S x S x 3 bytes an output, filled before the first).
+Where the "three others" come from:
+
+- Given `read_sample` (random access to the files by index, as
+  `keras_yolo.data.load` passes it): as ultralytics' `random.choices`, three
+  indices drawn uniformly (with replacement) from the whole list,
+  `mosaic_partners`, and read and decoded for this mosaic. Nothing decoded is
+  held beyond the output being built; the price is ultralytics' too: four
+  decodes per mosaic.
+- Given decoded samples only: from a pool: `pool_size` consecutive input
+  images are padded into one batch, and each of its outputs draws its
+  companions (without replacement) from that pool. Each image is decoded
+  once, but its (about four) appearances fall within a few consecutive
+  outputs, so a batch often shows one image twice in different mosaics.
+
+Either way the MixUp/CutMix partner is another output of the same pool of
+`pool_size` outputs, an epoch yields one output per input image, as
+ultralytics does, and outputs are then shuffled in a `shuffle_buffer` (memory
+S x S x 3 bytes an output, filled before the first).
 
 Randomness is stateless: each element's seed is derived from `seed` and a
 `tf.data.Dataset.random` stream, so a run is reproducible, and each epoch (new
@@ -96,6 +104,30 @@ def _prepare(key, sample, image_size):
             "labels": labels, "key": key}
 
 
+def mosaic_partners(seed, num_samples):
+    """The three mosaic partners of one output: `(3,)` int64 indices drawn
+    uniformly, with replacement, from `[0, num_samples)` (ultralytics'
+    `random.choices(self.indices, k=3)`), a pure function of the `(2,)`
+    stateless `seed`.
+
+    Example:
+        >>> mosaic_partners(tf.constant([0, 7], tf.int64), 128)  # e.g. [5, 90, 33]
+    """
+    return tf.random.stateless_uniform([3], seed, minval=0,
+                                       maxval=tf.cast(num_samples, tf.int64),
+                                       dtype=tf.int64)
+
+
+def _pad_to(image, boxes, labels, size, rows):
+    """One decoded sample padded to a `(size, size)` canvas (top left) and
+    `rows` box rows, for stacking four of them."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    image = tf.pad(image, [[0, size - h], [0, size - w], [0, 0]],
+                   constant_values=geometry.FILL_VALUE)
+    boxes, labels = _pad_rows(boxes, labels, rows)
+    return tf.ensure_shape(image, [size, size, 3]), boxes, labels
+
+
 def _pad_rows(boxes, labels, rows):
     extra = rows - tf.shape(labels)[0]
     return (tf.pad(boxes, [[0, extra], [0, 0]]),
@@ -113,6 +145,67 @@ class _PoolAugmenter:
     def seeds(self, key):
         element = tf.random.experimental.stateless_fold_in(self.seed, key)
         return tf.random.experimental.stateless_split(element, 5)
+
+    def base_from_files(self, key, index, read_sample, num_samples):
+        """Mosaic (uniform partners read by index) or letterbox, then
+        random_perspective, of one output: `(image, boxes, labels,
+        use_mosaic, key)`."""
+        size, hyp = self.size, self.hyp
+        seeds = self.seeds(key)
+        draws = tf.random.stateless_uniform([_NUM_DRAWS], seeds[_SEED_DRAWS])
+        use_mosaic = draws[_MOSAIC] < tf.cast(hyp["mosaic"], tf.float32)
+
+        def sample(i):
+            image, target = read_sample(i)
+            image = tf.ensure_shape(tf.convert_to_tensor(image),
+                                    [None, None, 3])
+            boxes = tf.reshape(tf.cast(target["boxes"], tf.float32), [-1, 4])
+            labels = tf.reshape(tf.cast(target["labels"], tf.int32), [-1])
+            image, boxes = geometry.resize_long_side(image, boxes, size)
+            return image, boxes, labels
+
+        def with_mosaic():
+            members = tf.concat([[tf.cast(index, tf.int64)], mosaic_partners(
+                seeds[_SEED_COMPANIONS], num_samples)], 0)
+            order = tf.argsort(tf.random.stateless_uniform(
+                [4], seeds[_SEED_ORDER]))
+            members = tf.gather(members, order)
+            samples = [sample(members[j]) for j in range(4)]
+            rows = tf.reduce_max(tf.stack([tf.shape(s[2])[0]
+                                           for s in samples]))
+            padded = [_pad_to(*s, size, rows) for s in samples]
+            center = tf.cast(size / 2 + tf.stack(
+                [draws[_CENTER_Y], draws[_CENTER_X]]) * size, tf.int32)
+            return mosaic_canvas(
+                tf.stack([p[0] for p in padded]),
+                tf.stack([tf.shape(s[0])[:2] for s in samples]),
+                tf.stack([p[1] for p in padded]),
+                tf.stack([p[2] for p in padded]), center, size)
+
+        def with_letterbox():
+            image, boxes, labels = sample(index)
+            h, w = tf.shape(image)[0], tf.shape(image)[1]
+            top, left = (size - h) // 2, (size - w) // 2
+            canvas = tf.pad(image, [[top, size - h - top],
+                                    [left, size - w - left], [0, 0]],
+                            constant_values=geometry.FILL_VALUE)
+            shift = tf.cast(tf.stack([left, top, left, top]), tf.float32)
+            return canvas, boxes + shift, labels
+
+        canvas, boxes, labels = tf.cond(use_mosaic, with_mosaic,
+                                        with_letterbox)
+        border = (size - tf.shape(canvas)[:2]) // 2
+        image, boxes, labels = geometry.random_perspective(
+            canvas, boxes, labels, seeds[_SEED_PERSPECTIVE],
+            degrees=hyp["degrees"], translate=hyp["translate"],
+            scale=hyp["scale"], shear=hyp["shear"],
+            perspective=hyp["perspective"], border=border)
+        image = tf.ensure_shape(image, [size, size, 3])
+        # One padding row: unbatch() segfaults on zero-row boxes (_prepare).
+        boxes = tf.concat([boxes, tf.zeros([1, 4])], 0)
+        labels = tf.concat([labels, [-1]], 0)
+        return {"image": image, "boxes": boxes, "labels": labels,
+                "mosaic": use_mosaic, "key": key}
 
     def base(self, pool, k):
         """Mosaic or letterbox, then random_perspective, for output k."""
@@ -222,10 +315,18 @@ class _PoolAugmenter:
                 tf.TensorSpec([], tf.bool))
         base = tf.map_fn(lambda k: self.base(pool, k), tf.range(count),
                          fn_output_signature=spec)
-        base = base + (pool["key"],)
+        return self.finish_pool(base + (pool["key"],))
+
+    def finish_pool(self, base):
+        """MixUp, CutMix, flips and HSV of a pool of base outputs `(images,
+        boxes, labels, mosaics, keys)`."""
+        count = tf.shape(base[-1])[0]
+        spec = (tf.TensorSpec([self.size, self.size, 3], tf.uint8),
+                tf.TensorSpec([None, 4], tf.float32),
+                tf.TensorSpec([None], tf.int32))
         images, boxes, labels, gains = tf.map_fn(
             lambda k: self.finish(base, k), tf.range(count),
-            fn_output_signature=spec[:3] + (tf.TensorSpec([3], tf.float32),))
+            fn_output_signature=spec + (tf.TensorSpec([3], tf.float32),))
         # HSV is per pixel, so it commutes with the flips; batched, its fused
         # kernels run several times faster than inside the loop.
         if not all(_is_zero(self.hyp[name])
@@ -241,13 +342,16 @@ def _strip_padding(image, boxes, labels):
 
 
 def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
-                      pool_size=8, shuffle_buffer=16):
+                      pool_size=8, shuffle_buffer=16, read_sample=None,
+                      num_samples=None):
     """ultralytics' training augmentation on a `tf.data.Dataset`.
 
     Args:
         dataset: unbatched `(image uint8 (H, W, 3), {"boxes": (N, 4) float32
             xyxy pixels of that image, "labels": (N,) int32})`, any sizes,
-            unpadded (a negative label is ignored).
+            unpadded (a negative label is ignored); with `read_sample`: the
+            int64 indices of the images to augment, in order (shuffled,
+            sharded).
         image_size: S, the output side.
         seed: int; the same seed gives the same augmentations.
         hyperparameters: dict overriding `DEFAULT_HYPERPARAMETERS`
@@ -256,6 +360,11 @@ def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
         shuffle_buffer: outputs shuffled after augmentation (0: none); a
             fresh iterator (each `model.fit` epoch) fills it before its first
             output, so it is kept small.
+        read_sample: graph function `index -> (image uint8 (H, W, 3),
+            {"boxes", "labels"})` as `dataset` would yield, reading sample
+            `index` of `num_samples`: mosaic partners are then drawn
+            uniformly from all of them (`mosaic_partners`).
+        num_samples: how many indices `read_sample` accepts.
 
     Returns:
         Unbatched `tf.data.Dataset` of `(image uint8 (S, S, 3),
@@ -274,6 +383,26 @@ def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
     # The functions use explicit tf.cond / tf.map_fn: no autograph needed,
     # and skipping its source conversion makes building the pipeline fast.
     plain = tf.autograph.experimental.do_not_convert
+    if read_sample is not None:
+        if not num_samples or num_samples < 1:
+            raise ValueError(f"`read_sample` needs `num_samples` >= 1; got "
+                             f"{num_samples!r}.")
+        augmenter = _PoolAugmenter(size, seed, hyp)
+        ds = ds.map(plain(lambda key, index: augmenter.base_from_files(
+            key, index, read_sample, num_samples)),
+                    num_parallel_calls=autotune, deterministic=True)
+        ds = ds.padded_batch(
+            pool_size,
+            padded_shapes={"image": [size, size, 3], "boxes": [None, 4],
+                           "labels": [None], "mosaic": [], "key": []},
+            padding_values={"image": tf.constant(geometry.FILL_VALUE,
+                                                 tf.uint8),
+                            "boxes": 0.0, "labels": -1, "mosaic": False,
+                            "key": tf.constant(0, tf.int64)})
+        ds = ds.map(plain(lambda pool: augmenter.finish_pool(
+            (pool["image"], pool["boxes"], pool["labels"], pool["mosaic"],
+             pool["key"]))), num_parallel_calls=autotune)
+        return _finish_pipeline(ds, seed, shuffle_buffer)
     ds = ds.map(plain(lambda key, sample: _prepare(key, sample, size)),
                 num_parallel_calls=autotune)
     ds = ds.padded_batch(
@@ -285,7 +414,13 @@ def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
                         "key": tf.constant(0, tf.int64)})
     ds = ds.map(plain(_PoolAugmenter(size, seed, hyp)),
                 num_parallel_calls=autotune)
-    ds = ds.unbatch().map(plain(_strip_padding), num_parallel_calls=autotune)
+    return _finish_pipeline(ds, seed, shuffle_buffer)
+
+
+def _finish_pipeline(ds, seed, shuffle_buffer):
+    plain = tf.autograph.experimental.do_not_convert
+    ds = ds.unbatch().map(plain(_strip_padding),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed,
                         reshuffle_each_iteration=True)
