@@ -42,11 +42,12 @@ def _signature():
 
 def value_and_grads(loss, boxes, labels, levels):
     """`[total, box, obj, cls]` and the gradients of the total w.r.t. the
-    levels."""
+    levels, from one evaluation (a training step's: it advances the loss's
+    state)."""
     with tf.GradientTape() as tape:
         tape.watch(levels)
-        parts = loss.components({"boxes": boxes, "labels": labels}, levels)
-        total = parts["box"] + parts["obj"] + parts["cls"]
+        total, parts = loss.compute_terms(
+            {"boxes": boxes, "labels": labels}, levels)
     return ([total, parts["box"], parts["obj"], parts["cls"]],
             tape.gradient(total, levels))
 

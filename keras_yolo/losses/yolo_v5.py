@@ -1,29 +1,18 @@
 """The YOLOv5 objective, as ultralytics yolov5 7.0.14 `utils/loss.py:ComputeLoss`."""
 
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
 from keras_yolo.anchors import STRIDES, YOLOV5_ANCHORS
-from keras_yolo.assign import groundtruth
 from keras_yolo.assign.yolo_v5 import build_targets
-
-try:  # TF's own test for "this graph is being compiled by XLA".
-    from tensorflow.python.ops import control_flow_util
-except ImportError:  # pragma: no cover - a TF without it: always masked
-    control_flow_util = None
+from keras_yolo.losses.base import YoloLoss, check_unit_interval
 
 # ComputeLoss's per-level objectness weights: P3-P5, or P3-P7 for other
 # level counts (the first `levels` entries).
 BALANCE_3 = (4.0, 1.0, 0.4)
 BALANCE_OTHER = (4.0, 1.0, 0.25, 0.06, 0.02)
-# bbox_iou's eps: keeps unions and enclosing diagonals away from zero.
-CIOU_EPS = 1e-7
-# Smallest height in CIoU's aspect term `atan(w / h)` (cells).
-MIN_HEIGHT = 1e-12
 # FocalLoss's fixed alpha (ultralytics does not expose it).
 FOCAL_ALPHA = 0.25
 # autobalance: balance_l <- balance_l * MOMENTUM + (1 - MOMENTUM) / L_obj,l.
@@ -84,25 +73,17 @@ def _criterion(logits, targets, pos_weight, fl_gamma):
     return loss
 
 
-def _compiling_with_xla():
-    """XLA compiles static shapes: there every padded slot stays, masked
-    (cost linear in the padded rows); elsewhere only positives are kept."""
-    if control_flow_util is None:
-        return True
-    return control_flow_util.GraphOrParentsInXlaContext(
-        tf.compat.v1.get_default_graph())
-
-
 @tf.custom_gradient
 def _objectness_and_rows(rows, cell):
     """`rows[:, 4]` and `rows[cell]` of `(N, 5 + C)` predictions.
 
     Autodiff would write three full-size gradients (the slice's, the
-    gather's, their sum) and `tensor_scatter_nd_add` copies its input; this
-    writes one: the objectness column padded to full width, then the picked
-    rows added into that fresh buffer in place (`InplaceAdd` accumulates
-    repeated rows in turn). Measured at batch 16, 640 px, one thread: 20 ms
-    of CPU against 34 ms, the copy of the predictions being 11 ms.
+    gather's, their sum); this writes one: the objectness column padded to
+    full width, then the picked rows added into that fresh buffer. Outside
+    XLA they are added in place (`InplaceAdd`, which accumulates repeated
+    rows in turn; `tensor_scatter_nd_add` copies its input there, 4x slower
+    at batch 16, 640 px); XLA has no `InplaceAdd` and updates its scatter's
+    buffer in place itself.
     """
     channels = rows.shape[-1]
 
@@ -110,50 +91,21 @@ def _objectness_and_rows(rows, cell):
         if d_obj is None:
             d_obj = tf.zeros(tf.shape(rows)[0:1], rows.dtype)
         full = tf.pad(d_obj[:, None], [[0, 0], [4, channels - 5]])
-        if d_picked is not None:
-            # `full` is this function's own temporary, so writing into it
-            # is safe.
-            full = tf.raw_ops.InplaceAdd(x=full, i=cell, v=d_picked)
-        return full, None
+        if d_picked is None:
+            return full, None
+        # TF's exported test (tf_keras uses it too) for "this graph is
+        # being compiled by XLA".
+        if tf.__internal__.get_enclosing_xla_context() is not None:
+            return tf.tensor_scatter_nd_add(full, cell[:, None],
+                                            d_picked), None
+        # `full` is this function's own temporary: writing into it is safe.
+        return tf.raw_ops.InplaceAdd(x=full, i=cell, v=d_picked), None
 
     return (rows[:, 4], tf.gather(rows, cell)), grad
 
 
-def ciou(box1, box2, eps=CIOU_EPS):
-    """ultralytics `bbox_iou(box1, box2, xywh=True, CIoU=True)`, elementwise.
-
-    `CIoU = IoU - (rho²/c² + alpha v)`, `v = 4/pi² (atan(w2/h2) -
-    atan(w1/h1))²`, `alpha = v / (v - IoU + 1 + eps)` without gradient;
-    union and c² carry `+ eps` exactly where ultralytics puts it; heights
-    below `MIN_HEIGHT` are raised to it in the aspect term only (ultralytics
-    gives NaN for a zero height).
-    """
-    x1, y1, w1, h1 = tf.unstack(box1, 4, axis=-1)
-    x2, y2, w2, h2 = tf.unstack(box2, 4, axis=-1)
-    b1x1, b1x2, b1y1, b1y2 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
-    b2x1, b2x2, b2y1, b2y2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
-    inter = (tf.maximum(tf.minimum(b1x2, b2x2) - tf.maximum(b1x1, b2x1), 0.0)
-             * tf.maximum(tf.minimum(b1y2, b2y2) - tf.maximum(b1y1, b2y1),
-                          0.0))
-    union = w1 * h1 + w2 * h2 - inter + eps
-    iou = inter / union
-    cw = tf.maximum(b1x2, b2x2) - tf.minimum(b1x1, b2x1)
-    ch = tf.maximum(b1y2, b2y2) - tf.minimum(b1y1, b2y1)
-    c2 = cw**2 + ch**2 + eps
-    rho2 = ((b2x1 + b2x2 - b1x1 - b1x2) ** 2
-            + (b2y1 + b2y2 - b1y1 - b1y2) ** 2) / 4
-    # ultralytics divides by the bare height: a predicted height that
-    # underflows to 0 (t_h < -50) gives NaN there; the floor keeps ours
-    # finite and changes nothing above it.
-    v = (4 / math.pi**2) * tf.square(
-        tf.atan(w2 / tf.maximum(h2, MIN_HEIGHT))
-        - tf.atan(w1 / tf.maximum(h1, MIN_HEIGHT)))
-    alpha = tf.stop_gradient(v / (v - iou + (1 + eps)))
-    return iou - (rho2 / c2 + v * alpha)
-
-
 @keras.saving.register_keras_serializable(package="keras_yolo")
-class YoloV5Loss(keras.losses.Loss):
+class YoloV5Loss(YoloLoss):
     """YOLOv5 objective (ultralytics yolov5 7.0.14 `ComputeLoss`).
 
     With positives P_l of level l (truths assigned by `build_targets`: anchor
@@ -173,19 +125,27 @@ class YoloV5Loss(keras.losses.Loss):
     `fl_gamma`, alpha 0.25) when `fl_gamma > 0`.
 
     Shapes and cost: the batch size and the box count `M` may be known only
-    at run time (a `padded_batch` dataset). Eagerly and in graph mode only
-    the positive (truth, anchor, cell) slots are gathered, so the cost is
-    the read of the predictions, the write of their gradient, and a term
-    linear in the real truths, whatever the padding. Under XLA (static
-    shapes) all `B M A 5` slots are computed and masked: the padding then
-    costs time, so keep `M` tight there. Ground truth goes through
-    `keras_yolo.assign.groundtruth.sanitize` (invalid rows raise eagerly,
-    are masked when compiled).
+    at run time (a `padded_batch` dataset). Only the positive (truth,
+    anchor, cell) slots are gathered (under XLA too, as a bounded dynamic
+    shape), so the cost is the read of the predictions, the write of their
+    gradient, and a term linear in the real truths, whatever the padding.
+    Ground truth goes through `keras_yolo.assign.groundtruth` (invalid rows
+    raise eagerly, are masked when compiled) in the `YoloLoss` base.
 
-    Reduction: `loss(y_true, y_pred) = L_box + L_obj + L_cls`, means over
-    positives and cells as above, so it does NOT grow with batch size.
-    ComputeLoss returns `(L_box + L_obj + L_cls) * B`; pass
-    `scale_by_batch_size=True` for exactly that.
+    Reduction: the means above run over the positives and cells of the
+    whole batch, as ComputeLoss's do, so the loss has no per-image values:
+    `reduction="none"` and `"mean_with_sample_weight"` are refused, and
+    `sample_weight` may only be a scalar. The default
+    (`"sum_over_batch_size"`) is `L_box + L_obj + L_cls`, which does not
+    grow with the batch size; `"sum"` is B times it, exactly ComputeLoss's
+    returned total (`scale_by_batch_size=True` is the same).
+
+    State: with `autobalance=True` the per-level objectness weights live in
+    the non-trainable float64 `keras.Variable` `balance_state` (serialized
+    by `get_config`). `loss(...)` and `compute_terms(...)` evaluate with the
+    current weights, then advance them once, as ComputeLoss:
+    `balance_l <- 0.9999 balance_l + 0.0001 / L_obj,l`, then divided by the
+    stride-16 level's weight. `components(...)` never moves them.
 
     Args:
         num_classes: C.
@@ -202,26 +162,39 @@ class YoloV5Loss(keras.losses.Loss):
         fl_gamma: focal loss gamma, 0 for plain BCE.
         cls_pw, obj_pw: BCE positive weights.
         sort_obj_iou: the highest IoU wins a shared (anchor, cell).
-        autobalance: update `balance` after every call, as ComputeLoss:
-            `balance_l <- 0.9999 balance_l + 0.0001 / L_obj,l`, then divide
-            by the stride-16 level's weight. The state lives in the
-            non-trainable variable `self.balance_state`.
-        scale_by_batch_size: multiply the total by B (ultralytics).
+        autobalance: advance `balance_state` after every evaluation.
+        balance_state: current per-level weights (default `balance`); set
+            by `from_config` to resume.
+        scale_by_batch_size: same as `reduction="sum"`.
+        reduction: `"sum_over_batch_size"` (default), `"mean"` or `"sum"`.
 
     Example:
         >>> loss = YoloV5Loss(num_classes=80)
         >>> total = loss({"boxes": boxes, "labels": labels}, [p3, p4, p5])
-        >>> parts = loss.components({"boxes": boxes, "labels": labels},
-        ...                         [p3, p4, p5])   # {"box", "obj", "cls"}
+        >>> total, parts = loss.compute_terms(
+        ...     {"boxes": boxes, "labels": labels}, [p3, p4, p5])
+        >>> sorted(parts)
+        ['box', 'cls', 'obj']
     """
 
-    def __init__(self, num_classes=80, anchors=YOLOV5_ANCHORS,
+    per_image = False
+
+    def __init__(self, num_classes, anchors=YOLOV5_ANCHORS,
                  strides=STRIDES, bounding_box_format="rel_center_xywh",
                  box=0.05, obj=1.0, cls=0.5, anchor_t=4.0, balance=None,
                  gr=1.0, label_smoothing=0.0, fl_gamma=0.0, cls_pw=1.0,
                  obj_pw=1.0, sort_obj_iou=False, autobalance=False,
-                 scale_by_batch_size=False, name="yolo_v5_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
+                 balance_state=None, scale_by_batch_size=False,
+                 reduction="sum_over_batch_size", name="yolo_v5_loss",
+                 dtype=None):
+        if scale_by_batch_size:
+            if reduction not in ("sum", "sum_over_batch_size"):
+                raise ValueError(
+                    "`scale_by_batch_size=True` is `reduction='sum'`; got "
+                    f"reduction={reduction!r} as well.")
+            reduction = "sum"
+        super().__init__(num_classes, bounding_box_format,
+                         reduction=reduction, name=name, dtype=dtype)
         anchors = np.asarray(anchors, np.float32)
         if anchors.ndim != 3 or anchors.shape[-1] != 2:
             raise ValueError(
@@ -232,33 +205,29 @@ class YoloV5Loss(keras.losses.Loss):
             raise ValueError(
                 f"`strides` needs one stride per anchor level ({levels}); "
                 f"got strides={tuple(strides)}.")
-        if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
-        box_ops._check_format("bounding_box_format", bounding_box_format)
         for key, value in (("anchor_t", anchor_t), ("cls_pw", cls_pw),
                            ("obj_pw", obj_pw)):
             if not value > 0:
                 raise ValueError(f"`{key}` must be > 0; got {value!r}.")
-        if not 0.0 <= gr <= 1.0:
-            raise ValueError(f"`gr` must be in [0, 1]; got {gr!r}.")
+        check_unit_interval(gr=gr)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(
                 f"`label_smoothing` must be in [0, 1); got {label_smoothing!r}.")
         if fl_gamma < 0:
             raise ValueError(f"`fl_gamma` must be >= 0; got {fl_gamma!r}.")
         balance = default_balance(levels) if balance is None else balance
-        if len(balance) != levels:
-            raise ValueError(
-                f"`balance` needs one weight per level ({levels}); got "
-                f"{tuple(balance)}.")
+        state = balance if balance_state is None else balance_state
+        for key, value in (("balance", balance), ("balance_state", state)):
+            if len(value) != levels:
+                raise ValueError(
+                    f"`{key}` needs one weight per level ({levels}); got "
+                    f"{tuple(value)}.")
         if autobalance and 16 not in tuple(strides):
             raise ValueError(
                 "`autobalance` normalises by the stride-16 level; got "
                 f"strides={tuple(strides)}.")
-        self.num_classes = int(num_classes)
         self.anchors = anchors.tolist()
         self.strides = tuple(int(s) for s in strides)
-        self.bounding_box_format = bounding_box_format
         self.box, self.obj, self.cls = float(box), float(obj), float(cls)
         self.anchor_t = float(anchor_t)
         self.balance = tuple(float(b) for b in balance)
@@ -268,24 +237,26 @@ class YoloV5Loss(keras.losses.Loss):
         self.cls_pw, self.obj_pw = float(cls_pw), float(obj_pw)
         self.sort_obj_iou = bool(sort_obj_iou)
         self.autobalance = bool(autobalance)
-        self.scale_by_batch_size = bool(scale_by_batch_size)
         # ComputeLoss keeps balance as Python floats (double precision).
-        self.balance_state = tf.Variable(
-            self.balance, dtype=tf.float64, trainable=False,
-            name="yolo_v5_balance")
+        self.balance_state = keras.Variable(
+            [float(b) for b in state], dtype="float64", trainable=False,
+            name="balance_state", aggregation="only_first_replica")
+
+    def check_levels(self, y_pred):
+        levels = super().check_levels(y_pred)
+        for i, level in enumerate(levels):
+            want = (len(self.anchors[i]), 5 + self.num_classes)
+            if level.shape.rank != 5 or tuple(level.shape[-2:]) != want:
+                raise ValueError(
+                    f"`y_pred[{i}]` must be (B, H, W, {want[0]}, {want[1]}) "
+                    f"(anchors of level {i}, 5 + num_classes channels); got "
+                    f"shape {tuple(level.shape)}.")
+        return levels
 
     # -- the objective --------------------------------------------------
-    def _level(self, preds, level, boxes, labels, compact):
+    def _level(self, preds, level, boxes, labels):
         """Box, objectness (unbalanced) and class terms of one level."""
-        _, height, width, num_anchors, channels = preds.shape
-        if channels != 5 + self.num_classes:
-            raise ValueError(
-                f"level {level} has {channels} channels per anchor; "
-                f"expected 5 + num_classes = {5 + self.num_classes}.")
-        if num_anchors != len(self.anchors[level]):
-            raise ValueError(
-                f"level {level} has {num_anchors} anchors per cell; "
-                f"`anchors[{level}]` has {len(self.anchors[level])}.")
+        _, height, width, _, channels = preds.shape
         dynamic = tf.shape(preds)
         height = dynamic[1] if height is None else height
         width = dynamic[2] if width is None else width
@@ -293,41 +264,31 @@ class YoloV5Loss(keras.losses.Loss):
         anchors = (tf.constant(self.anchors[level], tf.float32)
                    / float(self.strides[level]))
         t = build_targets(boxes, labels, (height, width), anchors,
-                          self.anchor_t, compact=compact)
-        valid = t["valid"]
-        count = tf.reduce_sum(tf.cast(valid, tf.float32))
+                          self.anchor_t, compact=True)
+        count = tf.cast(tf.size(t["cell"]), tf.float32)
         safe_count = tf.maximum(count, 1.0)
         rows = tf.reshape(preds, [-1, channels])  # (B H W A, 5 + C)
-        if compact:
-            obj_logits, picked = _objectness_and_rows(rows, t["cell"])
-        else:
-            # XLA fuses the gradient of a slice and a gather itself, faster
-            # than the explicit in-place scatter.
-            obj_logits, picked = rows[:, 4], tf.gather(rows, t["cell"])
-            # Double where: masked slots read a harmless zero prediction, so
-            # no NaN reaches their (discarded) forward or backward values.
-            picked = tf.where(valid[:, None], picked, 0.0)
+        obj_logits, picked = _objectness_and_rows(rows, t["cell"])
 
         pxy = tf.sigmoid(picked[:, 0:2]) * 2.0 - 0.5
         pwh = tf.square(tf.sigmoid(picked[:, 2:4]) * 2.0) * t["anchor_wh"]
-        # Masked slots get a harmless unit box (no NaN in any branch).
-        tbox = tf.where(valid[:, None], t["box"], [0.5, 0.5, 1.0, 1.0])
-        overlap = ciou(tf.concat([pxy, pwh], -1), tbox)
-        lbox = tf.reduce_sum(tf.where(valid, 1.0 - overlap, 0.0)) / safe_count
+        # bbox_iou(..., xywh=True, CIoU=True) with its eps placements.
+        overlap = box_ops.iou(tf.concat([pxy, pwh], -1), t["box"],
+                              "center_xywh", "ciou",
+                              convention="ultralytics")
+        lbox = tf.reduce_sum(1.0 - overlap) / safe_count
 
         # Objectness target, "last write wins" as tobj[b, a, gj, gi] = iou.
         score = tf.maximum(tf.stop_gradient(overlap), 0.0)
         score = (1.0 - self.gr) + self.gr * score
         cells = tf.shape(rows)[0:1]
         cell = t["cell"][:, None]
-        if self.sort_obj_iou:
-            winner = valid
-        else:
-            order = tf.where(valid, t["order"], -1)
+        if not self.sort_obj_iou:
+            order = t["order"]
             last = tf.tensor_scatter_nd_max(tf.fill(cells, -1), cell, order)
-            winner = valid & (tf.gather(last, t["cell"]) == order)
-        tobj = tf.tensor_scatter_nd_max(
-            tf.zeros(cells, tf.float32), cell, tf.where(winner, score, 0.0))
+            score = tf.where(tf.gather(last, t["cell"]) == order, score, 0.0)
+        tobj = tf.tensor_scatter_nd_max(tf.zeros(cells, tf.float32), cell,
+                                        score)
         lobj = tf.reduce_mean(
             _criterion(obj_logits, tobj, self.obj_pw, self.fl_gamma))
 
@@ -339,82 +300,53 @@ class YoloV5Loss(keras.losses.Loss):
                                 on_value=positive, off_value=negative)
             bce = _criterion(picked[:, 5:], target, self.cls_pw,
                              self.fl_gamma)
-            lcls = (tf.reduce_sum(tf.where(valid[:, None], bce, 0.0))
-                    / (safe_count * self.num_classes))
+            lcls = tf.reduce_sum(bce) / (safe_count * self.num_classes)
         return lbox, lobj, lcls
 
-    def components(self, y_true, y_pred):
+    def terms(self, truth, levels):
         """`{"box", "obj", "cls"}`: ComputeLoss's `lbox, lobj, lcls` (gains
-        applied, not multiplied by batch size). Updates the autobalance
-        state when `autobalance=True`.
-
-        Ground truth goes through `groundtruth.sanitize`: eagerly an invalid
-        row raises `GroundTruthError`; in a compiled step it is masked out.
-        """
-        levels = list(y_pred) if isinstance(y_pred, (list, tuple)) else [
-            y_pred]
-        if len(levels) != len(self.strides):
-            raise ValueError(
-                f"`y_pred` must hold {len(self.strides)} levels (strides "
-                f"{self.strides}); got {len(levels)}.")
-        levels = [tf.cast(p, tf.float32) for p in levels]
-        first = tf.shape(levels[0])
-        image_shape = (first[1] * self.strides[0], first[2] * self.strides[0])
-        boxes, labels = groundtruth.sanitize(
-            y_true, self.num_classes, self.bounding_box_format,
-            None if self.bounding_box_format.startswith("rel_")
-            else image_shape)
-        boxes = tf.cast(boxes, tf.float32)
-        if self.bounding_box_format != "rel_center_xywh":
-            boxes = box_ops.convert(boxes, self.bounding_box_format,
-                                    "rel_center_xywh", image_shape)
-        compact = not _compiling_with_xla()
-        balance = self.balance_state
+        applied, before the reduction), and each level's unbalanced
+        objectness loss for `advance_state`."""
+        balance = tf.cast(tf.convert_to_tensor(self.balance_state),
+                          tf.float32)
         lbox = lobj = lcls = tf.zeros([], tf.float32)
-        updated = []
+        level_obj = []
         for i, preds in enumerate(levels):
-            box_i, obj_i, cls_i = self._level(preds, i, boxes, labels,
-                                              compact)
+            box_i, obj_i, cls_i = self._level(preds, i, truth.boxes,
+                                              truth.labels)
             lbox += box_i
             lcls += cls_i
-            lobj += obj_i * tf.cast(balance[i], tf.float32)
-            if self.autobalance:
-                # ComputeLoss divides by zero (ZeroDivisionError) when a
-                # level's objectness loss is exactly 0 (logits of -1e4 and
-                # no truth); that level's weight is then left unchanged.
-                obj64 = tf.cast(tf.stop_gradient(obj_i), tf.float64)
-                usable = (obj64 > 0.0) & tf.math.is_finite(obj64)
-                updated.append(tf.where(
-                    usable,
-                    balance[i] * AUTOBALANCE_MOMENTUM
-                    + (1.0 - AUTOBALANCE_MOMENTUM)
-                    / tf.where(usable, obj64, 1.0),
-                    balance[i]))
-        if self.autobalance:
-            new = tf.stack(updated)
-            self.balance_state.assign(new / new[self.strides.index(16)])
-        return {"box": lbox * self.box, "obj": lobj * self.obj,
-                "cls": lcls * self.cls}
+            lobj += obj_i * balance[i]
+            level_obj.append(obj_i)
+        return ({"box": lbox * self.box, "obj": lobj * self.obj,
+                 "cls": lcls * self.cls}, level_obj)
 
-    def call(self, y_true, y_pred):
-        parts = self.components(y_true, y_pred)
-        total = parts["box"] + parts["obj"] + parts["cls"]
-        if self.scale_by_batch_size:
-            levels = y_pred if isinstance(y_pred, (list, tuple)) else [y_pred]
-            total = total * tf.cast(tf.shape(levels[0])[0], tf.float32)
-        return total
+    def advance_state(self, truth, levels, aux):
+        """ComputeLoss's autobalance step, from the levels' objectness."""
+        if not self.autobalance:
+            return
+        balance = tf.convert_to_tensor(self.balance_state)
+        updated = []
+        for i, obj_i in enumerate(aux):
+            # ComputeLoss divides by zero (ZeroDivisionError) when a level's
+            # objectness loss is exactly 0 (logits of -1e4 and no truth);
+            # that level's weight is then left unchanged.
+            obj64 = tf.cast(tf.stop_gradient(obj_i), tf.float64)
+            usable = (obj64 > 0.0) & tf.math.is_finite(obj64)
+            updated.append(tf.where(
+                usable,
+                balance[i] * AUTOBALANCE_MOMENTUM
+                + (1.0 - AUTOBALANCE_MOMENTUM) / tf.where(usable, obj64, 1.0),
+                balance[i]))
+        new = tf.stack(updated)
+        self.balance_state.assign(new / new[self.strides.index(16)])
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_classes=self.num_classes, anchors=self.anchors,
-            strides=self.strides,
-            bounding_box_format=self.bounding_box_format, box=self.box,
-            obj=self.obj, cls=self.cls, anchor_t=self.anchor_t,
-            balance=self.balance, gr=self.gr,
+        return dict(
+            super().get_config(), anchors=self.anchors,
+            strides=self.strides, box=self.box, obj=self.obj, cls=self.cls,
+            anchor_t=self.anchor_t, balance=self.balance, gr=self.gr,
             label_smoothing=self.label_smoothing, fl_gamma=self.fl_gamma,
             cls_pw=self.cls_pw, obj_pw=self.obj_pw,
             sort_obj_iou=self.sort_obj_iou, autobalance=self.autobalance,
-            scale_by_batch_size=self.scale_by_batch_size,
-        )
-        return config
+            balance_state=[float(b) for b in self.balance_state.numpy()])
