@@ -209,3 +209,30 @@ def level_anchors(anchors, masks, num_levels):
         raise ValueError(f"`anchors` must be positive pixel sizes; got "
                          f"{flat.tolist()}.")
     return flat, masks
+
+
+def single_level_anchors(anchors, strides):
+    """Checks YOLOv2's one level: `(1, A, 2)` (or `(A, 2)`) positive pixel
+    anchors and `strides=(s,)`; returns `(anchors (A, 2) list, s)`.
+
+    Example:
+        >>> single_level_anchors([[[10., 13.], [16., 30.]]], (32,))
+        ([[10.0, 13.0], [16.0, 30.0]], 32)
+    """
+    array = np.asarray(anchors, np.float64)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] != 1 or array.shape[2] != 2:
+        raise ValueError(
+            "`anchors` must have shape (1, A, 2) (one level of (w, h) in "
+            f"input pixels); got shape {array.shape}."
+        )
+    if not np.all(array > 0):
+        raise ValueError(f"`anchors` must be positive; got {array.tolist()}.")
+    strides = tuple(int(s) for s in strides)
+    if len(strides) != 1 or strides[0] <= 0:
+        raise ValueError(
+            f"YOLOv2 has one level: `strides` must be one positive int; got "
+            f"{strides}."
+        )
+    return array[0].tolist(), strides[0]

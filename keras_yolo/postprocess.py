@@ -27,10 +27,10 @@ Outputs are padded to `max_det` rows: boxes, scores and classes of padded rows
 are -1, `num_detections` counts the real rows.
 """
 
-import keras
 import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
+from keras_yolo.checks import check_format, check_unit_interval
 
 # ultralytics' `max_wh`: per-class NMS shifts each box by class * MAX_WH
 # pixels so boxes of different classes never overlap (larger than any image).
@@ -42,11 +42,6 @@ MAX_DIOU_CANDIDATES = 3000
 # darknet's `box_diounms` exponent on rho²/c².
 DIOU_BETA = 0.6
 _PAD = -1
-
-
-def _check_unit_interval(name, value):
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1]; got {value!r}.")
 
 
 def _candidates(objectness, class_probs, conf_thres, multi_label, classes,
@@ -84,26 +79,14 @@ def _candidates(objectness, class_probs, conf_thres, multi_label, classes,
 
 
 def _pairwise_suppression(xyxy, iou_thres, method, beta):
-    """`(B, K, K)` bool: row i would suppress column j (before greediness)."""
-    a = xyxy[:, :, None, :]
-    b = xyxy[:, None, :, :]
-    x1, y1, x2, y2 = tf.unstack(a, 4, axis=-1)
-    u1, v1, u2, v2 = tf.unstack(b, 4, axis=-1)
-    inter = (tf.maximum(tf.minimum(x2, u2) - tf.maximum(x1, u1), 0.0)
-             * tf.maximum(tf.minimum(y2, v2) - tf.maximum(y1, v1), 0.0))
-    union = (x2 - x1) * (y2 - y1) + (u2 - u1) * (v2 - v1) - inter
-    iou = tf.math.divide_no_nan(inter, union)
-    if method == "iou":
-        return iou > iou_thres
-    cw = tf.maximum(x2, u2) - tf.minimum(x1, u1)
-    ch = tf.maximum(y2, v2) - tf.minimum(y1, v1)
-    c2 = cw * cw + ch * ch
-    rho2 = (tf.square((x1 + x2 - u1 - u2) / 2)
-            + tf.square((y1 + y2 - v1 - v2) / 2))
-    # darknet returns the plain IoU when the enclosing box has no diagonal.
-    penalty = tf.where(c2 > 0, tf.pow(tf.math.divide_no_nan(rho2, c2), beta),
-                       0.0)
-    return iou - penalty > iou_thres
+    """`(B, K, K)` bool: row i would suppress column j (before greediness).
+
+    darknet's `box_iou` / `box_diounms` (plain IoU where the enclosing box
+    has no diagonal), as `keras_yolo.boxes.iou(convention="darknet")`.
+    """
+    overlap = box_ops.iou(xyxy, xyxy, "xyxy", variant=method, pairwise=True,
+                          convention="darknet", diou_exponent=beta)
+    return overlap > iou_thres
 
 
 @tf.function  # a graph loop also when called eagerly (inlined in graphs)
@@ -206,8 +189,8 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
         >>> det = non_max_suppression(decoded, conf_thres=0.001,
         ...                           iou_thres=0.6, max_det=300)
     """
-    _check_unit_interval("conf_thres", conf_thres)
-    _check_unit_interval("iou_thres", iou_thres)
+    check_unit_interval("conf_thres", conf_thres)
+    check_unit_interval("iou_thres", iou_thres)
     if method not in ("iou", "diou"):
         raise ValueError(f"`method` must be 'iou' or 'diou'; got {method!r}.")
     if int(max_det) < 1:
@@ -224,7 +207,7 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
             f"'class_probs'; got {type(predictions).__name__} "
             f"{sorted(predictions) if isinstance(predictions, dict) else ''}."
         )
-    box_ops._check_format("bounding_box_format", bounding_box_format)
+    check_format(bounding_box_format)
     boxes = tf.cast(predictions["boxes"], tf.float32)
     objectness = tf.cast(predictions["objectness"], tf.float32)
     class_probs = tf.cast(predictions["class_probs"], tf.float32)
@@ -299,7 +282,7 @@ def clip_boxes(boxes, bounding_box_format, image_shape):
         >>> clip_boxes([[-5., 10., 700., 90.]], "xyxy", (480, 640))
         [[0., 10., 640., 90.]]
     """
-    box_ops._check_format("bounding_box_format", bounding_box_format)
+    check_format(bounding_box_format)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     corner = "rel_xyxy" if bounding_box_format.startswith("rel_") else "xyxy"
     xyxy = box_ops.convert(boxes, bounding_box_format, corner)
@@ -310,75 +293,10 @@ def clip_boxes(boxes, bounding_box_format, image_shape):
     return box_ops.convert(xyxy, corner, bounding_box_format)
 
 
-@keras.saving.register_keras_serializable(package="keras_yolo")
-class NonMaxSuppression(keras.layers.Layer):
-    """Keras layer wrapping `non_max_suppression` (same arguments).
-
-    Input: a decode layer's `{"boxes", "objectness", "class_probs"}`.
-    Output: `{"boxes": (B, K, 4), "scores": (B, K), "classes": (B, K),
-    "num_detections": (B,)}` padded with -1, K = `max_det`.
-
-    Example:
-        >>> nms = NonMaxSuppression(bounding_box_format="center_xywh",
-        ...                         conf_thres=0.25, iou_thres=0.45)
-        >>> detections = nms(YoloV5Decode(anchors=YOLOV5_ANCHORS)(raw))
-    """
-
-    def __init__(self, conf_thres=0.25, iou_thres=0.45, classes=None,
-                 agnostic=False, multi_label=False, max_det=300,
-                 max_candidates=None, method="iou", beta=DIOU_BETA,
-                 bounding_box_format="center_xywh", class_offset=None,
-                 image_shape=None, **kwargs):
-        super().__init__(**kwargs)
-        _check_unit_interval("conf_thres", conf_thres)
-        _check_unit_interval("iou_thres", iou_thres)
-        if method not in ("iou", "diou"):
-            raise ValueError(
-                f"`method` must be 'iou' or 'diou'; got {method!r}.")
-        box_ops._check_format("bounding_box_format", bounding_box_format)
-        self.conf_thres = float(conf_thres)
-        self.iou_thres = float(iou_thres)
-        self.classes = None if classes is None else [int(c) for c in classes]
-        self.agnostic = bool(agnostic)
-        self.multi_label = bool(multi_label)
-        self.max_det = int(max_det)
-        self.max_candidates = (None if max_candidates is None
-                               else int(max_candidates))
-        self.method = method
-        self.beta = float(beta)
-        self.bounding_box_format = bounding_box_format
-        self.class_offset = class_offset
-        self.image_shape = (None if image_shape is None
-                            else [float(v) for v in image_shape])
-
-    def call(self, inputs):
-        return non_max_suppression(
-            inputs, conf_thres=self.conf_thres, iou_thres=self.iou_thres,
-            classes=self.classes, agnostic=self.agnostic,
-            multi_label=self.multi_label, max_det=self.max_det,
-            max_candidates=self.max_candidates, method=self.method,
-            beta=self.beta, bounding_box_format=self.bounding_box_format,
-            class_offset=self.class_offset, image_shape=self.image_shape,
-        )
-
-    def compute_output_spec(self, inputs):
-        batch = inputs["boxes"].shape[0]
-        k = self.max_det
-        return {
-            "boxes": keras.KerasTensor((batch, k, 4), "float32"),
-            "scores": keras.KerasTensor((batch, k), "float32"),
-            "classes": keras.KerasTensor((batch, k), "int32"),
-            "num_detections": keras.KerasTensor((batch,), "int32"),
-        }
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            conf_thres=self.conf_thres, iou_thres=self.iou_thres,
-            classes=self.classes, agnostic=self.agnostic,
-            multi_label=self.multi_label, max_det=self.max_det,
-            max_candidates=self.max_candidates, method=self.method,
-            beta=self.beta, bounding_box_format=self.bounding_box_format,
-            class_offset=self.class_offset, image_shape=self.image_shape,
-        )
-        return config
+def __getattr__(name):
+    # `keras_yolo.postprocess.NonMaxSuppression` was the layer's first home;
+    # it lives in keras_yolo.layers now (same registered name).
+    if name == "NonMaxSuppression":
+        from keras_yolo.layers.non_max_suppression import NonMaxSuppression
+        return NonMaxSuppression
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
 """Keras layers: head decoding per version and the blocks the models use."""
+from keras_yolo.layers.anchor_grid_decode import AnchorGridDecode
 from keras_yolo.layers.yolo_v1_decode import YoloV1Decode
 from keras_yolo.layers.activations import Mish, activation_function
 from keras_yolo.layers.anchor_split import AnchorSplit
@@ -14,7 +15,7 @@ from keras_yolo.layers.spp import SequentialMaxPool, SpatialPyramidPooling, appl
 from keras_yolo.layers.weighted_residual import WeightedResidual
 from keras_yolo.layers.yolo_v2_decode import YoloV2Decode
 from keras_yolo.layers.yolo_v5_decode import YoloV5Decode
-from keras_yolo.postprocess import NonMaxSuppression
+from keras_yolo.layers.non_max_suppression import NonMaxSuppression
 from keras_yolo.layers.yolo_v3_decode import YoloV3Decode
 from keras_yolo.layers.yolo_v4_decode import YoloV4Decode
 from keras_yolo.layers.pan import apply_pan
