@@ -257,7 +257,7 @@ class YoloLoss(keras.losses.Loss):
                 raise ValueError(f"{name}.terms must give scalars; got shape "
                                  f"{values.shape}.")
             if sample_weight is not None:
-                weight = tf.convert_to_tensor(sample_weight, tf.float32)
+                weight = tf.cast(sample_weight, tf.float32)
                 if weight.shape.rank != 0:
                     raise ValueError(
                         f"{name} normalises over the whole batch, as its "
@@ -272,7 +272,7 @@ class YoloLoss(keras.losses.Loss):
                              f"got shape {values.shape}.")
         weight = None
         if sample_weight is not None:
-            weight = tf.convert_to_tensor(sample_weight, tf.float32)
+            weight = tf.cast(sample_weight, tf.float32)
             if weight.shape.rank == 2 and weight.shape[1] == 1:
                 weight = weight[:, 0]
             if weight.shape.rank not in (0, 1):

@@ -100,6 +100,9 @@ class YoloModel(keras.Model):
                      training=True):
         if self.loss is None or y is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
+        if isinstance(sample_weight, dict):
+            # Keras repeats the one per-image weight for each key of `y`.
+            sample_weight = next(iter(sample_weight.values()))
         if isinstance(self.loss, YoloLoss):
             total, terms, invalid = self.loss.compute_terms(
                 y, y_pred, sample_weight, return_invalid_count=True)
