@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_yolo import keras_compat
 from keras_yolo import metrics as coco_metrics
 from training import callbacks as callbacks_lib
 from training import records
@@ -106,7 +107,7 @@ def ema_weights(model):
     """Within the block the model holds the optimizer's EMA weights; the raw
     weights come back after (a no-op without `use_ema`)."""
     optimizer = model.optimizer
-    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    averages = keras_compat.ema_averages(optimizer)
     if not getattr(optimizer, "use_ema", False) or not averages:
         yield
         return
@@ -165,47 +166,6 @@ def batch_dataset(dataset, batch_size, shuffle=True, seed=0, repeat=False,
         dataset = dataset.repeat()
     options.deterministic = not shuffle or seed is not None
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-def _patch_keras_multi_worker_reduce():
-    """Keras 3.15 reduces every multi-worker log with
-    `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars (the loss,
-    every metric): reduce scalars with `axis=None` instead."""
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = tf_trainer.reduce_per_replica
-    if getattr(original, "_keras_yolo_patched", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if (reduction in ("auto", "mean") and
-                tf_trainer._collective_all_reduce_multi_worker(strategy)):
-            def scalar_safe(v):
-                local = strategy.experimental_local_results(v)
-                if all(getattr(x, "shape", None) is not None
-                       and x.shape.rank == 0 for x in local):
-                    return strategy.reduce("MEAN", v, axis=None)
-                return original(v, strategy, reduction)
-
-            return keras.tree.map_structure(scalar_safe, values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica._keras_yolo_patched = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
-
-
-def _skip_distributed_symbolic_build(model, batches):
-    """Keras 3.15's `fit` under MultiWorkerMirroredStrategy "MEAN"-reduces a
-    distributed first batch only to read its shapes, and that reduce fails
-    ("Attempt to convert a value (PerReplica ...)"); give it a local batch
-    instead (same shapes)."""
-    local = next(iter(batches))
-    build = type(model)._maybe_symbolic_build
-
-    def maybe_symbolic_build(iterator=None, data_batch=None):
-        return build(model, data_batch=local)
-
-    model._maybe_symbolic_build = maybe_symbolic_build
 
 
 def _instantiate(thing, kind):
@@ -302,6 +262,66 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         ...                postprocess=detect_fn, run_dir="runs/shapes")
         >>> result.metrics["map50"]
     """
+    _check_arguments(epochs, batch_size, val_data, postprocess)
+    run = _open_run(run_dir, overwrite)
+    strategy, jit = _set_up_runtime(strategy, jit_compile, batch_size, seed,
+                                    deterministic)
+    given_steps = steps_per_epoch
+    steps_per_epoch = _steps_per_epoch(train_data, batch_size,
+                                       steps_per_epoch)
+    plan = _plan_schedule(
+        optimizer, learning_rate, epochs, steps_per_epoch, schedule,
+        warmup_epochs, final_fraction, min_warmup_steps, warmup_bias_lr,
+        warmup_momentum, momentum, batch_size, nominal_batch_size,
+        ema_momentum, time_budget)
+    model, loss = _compile(
+        strategy, model, loss, optimizer, plan, momentum, weight_decay, ema,
+        clip_norm, batch_size, nominal_batch_size, jit)
+    state = _make_state(run, model, loss, plan.lr, epochs, steps_per_epoch,
+                        backup_every, time_budget)
+    train_batches = resume_lib.epoch_batches(
+        train_data, batch_size, seed, state.first_epoch, epochs,
+        steps_per_epoch=given_steps, shuffle=shuffle)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        keras_compat.build_with_local_batch(model, train_batches)
+        keras_compat.patch_multi_worker_reduce()
+
+    settings = {
+        "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
+        "learning_rate": learning_rate, "schedule": plan.schedule,
+        "warmup_steps": plan.warmup_steps,
+        "total_steps": epochs * steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch, "ema": bool(ema),
+        "ema_momentum": plan.ema_momentum, "weight_decay": weight_decay,
+        "strategy": strategy_lib.describe(strategy),
+        "replicas": strategy.num_replicas_in_sync,
+        "jit_compile": jit, "bounding_box_format": bounding_box_format,
+        "parameters": int(model.count_params()), "seed": seed,
+    }
+    _write_config(run, settings, config)
+    val_batches = None if val_data is None else batch_dataset(
+        val_data, eval_batch_size or batch_size, shuffle=False,
+        drop_remainder=False)
+    callbacks, preview = _callbacks(
+        run, state, model, val_batches, postprocess, bounding_box_format,
+        num_classes, eval_every, epochs, steps_per_epoch, batch_size,
+        log_every, progress, extra_callbacks)
+
+    start = time.perf_counter()
+    if state.first_epoch < epochs:
+        model.fit(train_batches, epochs=epochs,
+                  initial_epoch=state.first_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+    else:  # killed after the last epoch's backup: only the ending is left
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+    train_seconds = time.perf_counter() - start
+    return _finish(run, model, settings, train_seconds, val_batches,
+                   postprocess, preview, bounding_box_format, num_classes,
+                   config)
+
+
+def _check_arguments(epochs, batch_size, val_data, postprocess):
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1; got {epochs}.")
     if batch_size < 1:
@@ -309,6 +329,37 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
     if val_data is not None and postprocess is None:
         raise ValueError("`val_data` needs `postprocess` (raw outputs -> "
                          "detections) to compute mAP.")
+
+
+def _set_up_runtime(strategy, jit_compile, batch_size, seed,
+                    deterministic):
+    """Seeds, op determinism, the strategy (from its name) and whether to
+    compile with XLA: `(strategy, jit_compile)`."""
+    if seed is not None:  # weights, dropout, numpy, python; data: below
+        keras.utils.set_random_seed(int(seed))
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if isinstance(strategy, str):
+        strategy = strategy_lib.make_strategy(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"`batch_size`={batch_size} must be a multiple of "
+                         f"the {replicas} replicas.")
+    return strategy, strategy_lib.resolve_jit_compile(jit_compile, strategy)
+
+
+@dataclasses.dataclass
+class _Run:
+    """Where a run writes: its directory, backups, and whether it resumes."""
+    run_dir: str
+    backup_dir: str
+    resuming: bool
+    chief: bool
+
+
+def _open_run(run_dir, overwrite):
+    """The run directory (per worker off the chief), refusing a finished
+    run without `overwrite`; a fresh start clears an older run's files."""
     run_dir = run_lib.make_run_dir(run_dir, prefix="train")
     kind, index, chief = strategy_lib.task()
     if not chief:  # other workers of a multi-worker run keep their own files
@@ -324,28 +375,39 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         os.path.join(backup_dir, resume_lib.STATE_FILE))
     if not resuming:  # no file of an older run may outlive the new start
         run_lib.clear_run_outputs(run_dir)
-    if seed is not None:  # weights, dropout, numpy, python; data: below
-        keras.utils.set_random_seed(int(seed))
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if isinstance(strategy, str):
-        strategy = strategy_lib.make_strategy(strategy)
-    replicas = strategy.num_replicas_in_sync
-    if batch_size % replicas:
-        raise ValueError(f"`batch_size`={batch_size} must be a multiple of "
-                         f"the {replicas} replicas.")
-    jit = strategy_lib.resolve_jit_compile(jit_compile, strategy)
+    return _Run(run_dir, backup_dir, resuming, chief)
 
-    given_steps = steps_per_epoch
-    if steps_per_epoch is None:
-        steps_per_epoch = int(train_data.cardinality())
-        if len(train_data.element_spec[0].shape) != 4:  # unbatched
-            steps_per_epoch = (steps_per_epoch // batch_size
-                               if steps_per_epoch > 0 else steps_per_epoch)
-        if steps_per_epoch <= 0:
-            raise ValueError(
-                "the training dataset's length is unknown or smaller than "
-                f"batch_size={batch_size}; pass `steps_per_epoch`.")
+
+def _steps_per_epoch(train_data, batch_size, steps_per_epoch):
+    """Batches per epoch: given, or the dataset's length (in batches)."""
+    if steps_per_epoch is not None:
+        return steps_per_epoch
+    steps_per_epoch = int(train_data.cardinality())
+    if len(train_data.element_spec[0].shape) != 4:  # unbatched
+        steps_per_epoch = (steps_per_epoch // batch_size
+                           if steps_per_epoch > 0 else steps_per_epoch)
+    if steps_per_epoch <= 0:
+        raise ValueError(
+            "the training dataset's length is unknown or smaller than "
+            f"batch_size={batch_size}; pass `steps_per_epoch`.")
+    return steps_per_epoch
+
+
+@dataclasses.dataclass
+class _Schedule:
+    lr: object            # the optimizer's learning rate (a schedule)
+    schedule: str         # the decay after warmup
+    warmup_steps: int
+    ema_momentum: float
+
+
+def _plan_schedule(optimizer, learning_rate, epochs, steps_per_epoch,
+                   schedule, warmup_epochs, final_fraction, min_warmup_steps,
+                   warmup_bias_lr, warmup_momentum, momentum, batch_size,
+                   nominal_batch_size, ema_momentum, time_budget):
+    """The learning-rate schedule and EMA decay of `optimizer`: sgd's
+    `YoloV5Schedule` (ModelEMA's decay), adam(w)'s `WarmupDecay` (the EMA
+    momentum `resolve_ema_momentum` gives)."""
     total_steps = epochs * steps_per_epoch
     if schedule is None:
         schedule = "linear" if optimizer == "sgd" else "cosine"
@@ -357,15 +419,21 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
             warmup_epochs, min_warmup_steps, warmup_bias_lr, warmup_momentum,
             momentum, batch_size, nominal_batch_size,
             adjustable=bool(time_budget))
-        warmup_steps = lr.warmup_steps
         ema_value = 0.9999 if ema_momentum == "auto" else float(ema_momentum)
-    else:
-        warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)),
-                           total_steps - 1)
-        lr = WarmupDecay(learning_rate, total_steps, warmup_steps, schedule,
-                         final_fraction, adjustable=bool(time_budget))
-        ema_value = resolve_ema_momentum(ema_momentum, total_steps)
+        return _Schedule(lr, schedule, lr.warmup_steps, ema_value)
+    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)),
+                       total_steps - 1)
+    lr = WarmupDecay(learning_rate, total_steps, warmup_steps, schedule,
+                     final_fraction, adjustable=bool(time_budget))
+    return _Schedule(lr, schedule, warmup_steps,
+                     resolve_ema_momentum(ema_momentum, total_steps))
 
+
+def _compile(strategy, model, loss, optimizer, plan, momentum, weight_decay,
+             ema, clip_norm, batch_size, nominal_batch_size, jit):
+    """Builds model and loss under the strategy and compiles them with the
+    optimizer, its slots created: `(model, loss)`."""
+    replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         if isinstance(model, keras.Model) and replicas > 1:
             raise ValueError(
@@ -374,8 +442,9 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         model = _instantiate(model, "model")
         loss = _instantiate(loss, "loss")
         model.compile(
-            optimizer=make_optimizer(optimizer, lr, momentum, weight_decay,
-                                     ema, ema_value, clip_norm, batch_size,
+            optimizer=make_optimizer(optimizer, plan.lr, momentum,
+                                     weight_decay, ema, plan.ema_momentum,
+                                     clip_norm, batch_size,
                                      nominal_batch_size),
             loss=loss, jit_compile=jit)
         if isinstance(model.optimizer, RampEMA) and ema:
@@ -384,118 +453,135 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         # step a second trace (tf.function retraces a step that created
         # variables): 143 s -> 34 s for small_v5's first step.
         model.optimizer.build(model.trainable_variables)
-    best_path = os.path.join(run_dir, "best.weights.h5")
+    return model, loss
+
+
+@dataclasses.dataclass
+class _State:
+    """The callbacks whose state a resumed run restores, and where it
+    resumes."""
+    best: object
+    best_path: str
+    budget: object
+    backup: object
+    first_epoch: int
+
+
+def _make_state(run, model, loss, lr, epochs, steps_per_epoch, backup_every,
+                time_budget):
+    """Best checkpoint, time budget and backup; restores them (and the
+    model, optimizer and loss) from the last backup when resuming."""
+    best_path = os.path.join(run.run_dir, "best.weights.h5")
     best = callbacks_lib.BestCheckpoint(best_path, monitor="val_map50",
                                         weights_context=ema_weights)
     budget = run_lib.TimeBudget(time_budget, epochs, steps_per_epoch,
                                 lr) if time_budget else None
     backup = resume_lib.ResumableBackup(
-        backup_dir, run_dir, steps_per_epoch, save_every=backup_every,
-        loss=loss, stateful=[c for c in (best, budget) if c is not None])
-    first_epoch = backup.restore(model) if resuming else 0
-    train_batches = resume_lib.epoch_batches(
-        train_data, batch_size, seed, first_epoch, epochs,
-        steps_per_epoch=given_steps, shuffle=shuffle)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _skip_distributed_symbolic_build(model, train_batches)
-        _patch_keras_multi_worker_reduce()
+        run.backup_dir, run.run_dir, steps_per_epoch,
+        save_every=backup_every, loss=loss,
+        stateful=[c for c in (best, budget) if c is not None])
+    first_epoch = backup.restore(model) if run.resuming else 0
+    return _State(best, best_path, budget, backup, first_epoch)
 
-    settings = {
-        "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer,
-        "learning_rate": learning_rate, "schedule": schedule,
-        "warmup_steps": warmup_steps, "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch, "ema": bool(ema),
-        "ema_momentum": ema_value, "weight_decay": weight_decay,
-        "strategy": strategy_lib.describe(strategy), "replicas": replicas,
-        "jit_compile": jit, "bounding_box_format": bounding_box_format,
-        "parameters": int(model.count_params()), "seed": seed,
-    }
-    run_lib.write_json(os.path.join(run_dir, "config.json"),
+
+def _write_config(run, settings, config):
+    run_lib.write_json(os.path.join(run.run_dir, "config.json"),
                        {**(config or {}), "train": settings})
     _logger.info("run %s: %s, jit_compile=%s, %d steps/epoch x %d epochs, "
-                 "%s params%s", run_dir, settings["strategy"], jit,
-                 steps_per_epoch, epochs, f"{settings['parameters']:,}",
-                 " (resuming)" if resuming else "")
+                 "%s params%s", run.run_dir, settings["strategy"],
+                 settings["jit_compile"], settings["steps_per_epoch"],
+                 settings["epochs"], f"{settings['parameters']:,}",
+                 " (resuming)" if run.resuming else "")
 
-    val_batches = None
+
+def _callbacks(run, state, model, val_batches, postprocess,
+               bounding_box_format, num_classes, eval_every, epochs,
+               steps_per_epoch, batch_size, log_every, progress,
+               extra_callbacks):
+    """`(callbacks in their order, preview images or None)`."""
     callbacks = []
-    if val_data is not None:
-        val_batches = batch_dataset(val_data, eval_batch_size or batch_size,
-                                    shuffle=False, drop_remainder=False)
+    preview = None
+    if val_batches is not None:
         callbacks.append(EmaCocoMetricCallback(
             val_batches, bounding_box_format, postprocess=postprocess,
             every_n_epochs=eval_every, num_classes=num_classes))
     # The guard first: a non-finite step stops before any callback saves.
-    callbacks.insert(0, callbacks_lib.NonFiniteGuard(backup, best_path))
+    callbacks.insert(0, callbacks_lib.NonFiniteGuard(state.backup,
+                                                     state.best_path))
     callbacks.append(records.LearningRates())
-    if val_data is not None:
-        callbacks.append(best)
-    callbacks.append(run_lib.RunLogger(run_dir, epochs, log_every))
-    if chief:
-        callbacks += [records.ResultsWriter(run_dir),
-                      records.tensorboard(run_dir)]
-        if val_data is not None:
+    if val_batches is not None:
+        callbacks.append(state.best)
+    callbacks.append(run_lib.RunLogger(run.run_dir, epochs, log_every))
+    if run.chief:
+        callbacks += [records.ResultsWriter(run.run_dir),
+                      records.tensorboard(run.run_dir)]
+        if val_batches is not None:
             preview = next(iter(val_batches.unbatch().take(8).batch(8)))[0]
             detect_fn = tf.function(
                 lambda x: postprocess(model(x, training=False)))
             callbacks.append(records.PredictionImages(
-                run_dir, preview, detect_fn, bounding_box_format,
+                run.run_dir, preview, detect_fn, bounding_box_format,
                 ema_weights))
     if progress:
         callbacks.append(records.ProgressBar(steps_per_epoch, batch_size,
                                              epochs))
-    if budget is not None:
-        callbacks.append(budget)
-    callbacks.append(backup)   # after the epoch's records, before extras
+    if state.budget is not None:
+        callbacks.append(state.budget)
+    callbacks.append(state.backup)   # after the epoch's records, before extras
     callbacks.extend(extra_callbacks)
+    return callbacks, preview
 
-    start = time.perf_counter()
-    if first_epoch < epochs:
-        model.fit(train_batches, epochs=epochs, initial_epoch=first_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                  verbose=verbose, shuffle=False)
-    else:  # killed after the last epoch's backup: only the ending is left
-        model.optimizer.finalize_variable_values(model.trainable_variables)
-    train_seconds = time.perf_counter() - start
-    history = run_lib.read_history(run_dir)
+
+def _finish(run, model, settings, train_seconds, val_batches, postprocess,
+            preview, bounding_box_format, num_classes, config):
+    """Final evaluation and records, the saved model, `metrics.json` (the
+    finished mark); then the backups go. Returns the `TrainResult`."""
+    history = run_lib.read_history(run.run_dir)
     epochs_done = history[-1]["epoch"] if history else 0
     step_seconds = sum(h.get("train_seconds", 0.0) for h in history)
-
     result = {"finished": True, "epochs_completed": epochs_done,
               "train_seconds": round(train_seconds, 2),
               "images_per_second": round(
-                  len(history) * steps_per_epoch * batch_size
-                  / max(step_seconds, 1e-9), 2),
+                  len(history) * settings["steps_per_epoch"]
+                  * settings["batch_size"] / max(step_seconds, 1e-9), 2),
               "final_loss": history[-1].get("loss") if history else None,
               **settings}
     if val_batches is not None:
-        detect = tf.function(lambda x: postprocess(model(x, training=False)))
-        start = time.perf_counter()
-        final = coco_metrics.evaluate(detect, val_batches,
-                                      bounding_box_format, num_classes,
-                                      return_per_class=True,
-                                      return_pr_curve=True,
-                                      return_confusion_matrix=True)
-        result["eval_seconds"] = round(time.perf_counter() - start, 2)
-        result.update(final)
-        if chief:
-            table = records.write_final_records(
-                run_dir, result, (config or {}).get("class_names"))
-            print(table)
-            records.write_png(
-                os.path.join(run_dir, "val_predictions.png"),
-                records.prediction_grid_of(detect, preview,
-                                           bounding_box_format))
+        _final_evaluation(result, run, model, val_batches, postprocess,
+                          preview, bounding_box_format, num_classes, config)
     try:
-        run_lib.save_model_atomic(model, os.path.join(run_dir, "model.keras"))
-        result["model_path"] = os.path.join(run_dir, "model.keras")
+        run_lib.save_model_atomic(model,
+                                  os.path.join(run.run_dir, "model.keras"))
+        result["model_path"] = os.path.join(run.run_dir, "model.keras")
     except Exception as error:  # noqa: BLE001 - keep the run's weights
         _logger.warning("saving model.keras failed (%s); saving weights", error)
-        model.save_weights(os.path.join(run_dir, "final.weights.h5"))
-        result["model_path"] = os.path.join(run_dir, "final.weights.h5")
-    run_lib.write_json(os.path.join(run_dir, "metrics.json"), result)
-    shutil.rmtree(backup_dir, ignore_errors=True)  # after the finished mark
+        model.save_weights(os.path.join(run.run_dir, "final.weights.h5"))
+        result["model_path"] = os.path.join(run.run_dir, "final.weights.h5")
+    run_lib.write_json(os.path.join(run.run_dir, "metrics.json"), result)
+    shutil.rmtree(run.backup_dir, ignore_errors=True)  # after the finished mark
     if "map50" in result:
         _logger.info("finished: mAP@0.5 %.4f, mAP@0.5:0.95 %.4f, %.0f s",
                      result["map50"], result["map"], train_seconds)
-    return TrainResult(model, run_dir, result, history)
+    return TrainResult(model, run.run_dir, result, history)
+
+
+def _final_evaluation(result, run, model, val_batches, postprocess,
+                      preview, bounding_box_format, num_classes, config):
+    """Adds the COCO mAP (per class, PR curve, confusion matrix) of the
+    final weights to `result`; the chief also writes its records and
+    prediction images."""
+    detect = tf.function(lambda x: postprocess(model(x, training=False)))
+    start = time.perf_counter()
+    final = coco_metrics.evaluate(detect, val_batches, bounding_box_format,
+                                  num_classes, return_per_class=True,
+                                  return_pr_curve=True,
+                                  return_confusion_matrix=True)
+    result["eval_seconds"] = round(time.perf_counter() - start, 2)
+    result.update(final)
+    if run.chief:
+        table = records.write_final_records(
+            run.run_dir, result, (config or {}).get("class_names"))
+        print(table)
+        records.write_png(
+            os.path.join(run.run_dir, "val_predictions.png"),
+            records.prediction_grid_of(detect, preview, bounding_box_format))
