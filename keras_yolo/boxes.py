@@ -19,7 +19,7 @@ from keras_yolo.checks import FORMATS, check_format
 
 VARIANTS = ("iou", "giou", "diou", "ciou")
 # How each reference places its guards (see `iou`).
-CONVENTIONS = ("stable", "darknet", "ultralytics")
+CONVENTIONS = ("stable", "darknet", "ultralytics", "ultralytics8")
 
 # Guards divisions and logarithms at zero-area, identical or degenerate boxes.
 EPSILON = 1e-7
@@ -30,32 +30,26 @@ def _check_format(name, value):
     check_format(value, name)
 
 
-def _to_xyxy(boxes, fmt):
-    """Any format to corner form in the same units (pixels or fractions)."""
-    a, b, c, d = tf.unstack(boxes, 4, axis=-1)
-    base = fmt[4:] if fmt.startswith("rel_") else fmt
-    if base == "xyxy":
-        return tf.stack([a, b, c, d], axis=-1)
-    if base == "yxyx":
-        return tf.stack([b, a, d, c], axis=-1)
-    if base == "xywh":
-        return tf.stack([a, b, a + c, b + d], axis=-1)
-    # center_xywh
-    return tf.stack([a - c / 2, b - d / 2, a + c / 2, b + d / 2], axis=-1)
+# Base format -> (to corners, from corners), each on the four coordinates.
+_CORNERS = {
+    "xyxy": (lambda a, b, c, d: (a, b, c, d),
+             lambda x1, y1, x2, y2: (x1, y1, x2, y2)),
+    "yxyx": (lambda a, b, c, d: (b, a, d, c),
+             lambda x1, y1, x2, y2: (y1, x1, y2, x2)),
+    "xywh": (lambda a, b, c, d: (a, b, a + c, b + d),
+             lambda x1, y1, x2, y2: (x1, y1, x2 - x1, y2 - y1)),
+    "center_xywh": (
+        lambda a, b, c, d: (a - c / 2, b - d / 2, a + c / 2, b + d / 2),
+        lambda x1, y1, x2, y2: ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1,
+                                y2 - y1)),
+}
 
 
-def _from_xyxy(boxes, fmt):
-    x1, y1, x2, y2 = tf.unstack(boxes, 4, axis=-1)
+def _corners(boxes, fmt, direction):
+    """Any format to corner form (direction 0) or back (1), same units."""
     base = fmt[4:] if fmt.startswith("rel_") else fmt
-    if base == "xyxy":
-        return tf.stack([x1, y1, x2, y2], axis=-1)
-    if base == "yxyx":
-        return tf.stack([y1, x1, y2, x2], axis=-1)
-    if base == "xywh":
-        return tf.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
-    return tf.stack(
-        [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=-1
-    )
+    return tf.stack(_CORNERS[base][direction](*tf.unstack(boxes, 4, axis=-1)),
+                    axis=-1)
 
 
 def _image_hw(image_shape, dtype):
@@ -96,13 +90,13 @@ def convert(boxes, source, target, image_shape=None):
         boxes = tf.cast(boxes, tf.float32)
     if source == target:
         return boxes
-    xyxy = _to_xyxy(boxes, source)
+    xyxy = _corners(boxes, source, 0)
     source_rel, target_rel = source.startswith("rel_"), target.startswith("rel_")
     if source_rel != target_rel:
         height, width = _image_hw(image_shape, boxes.dtype)
         scale = tf.stack([width, height, width, height], axis=-1)
         xyxy = xyxy * scale if source_rel else xyxy / scale
-    return _from_xyxy(xyxy, target)
+    return _corners(xyxy, target, 1)
 
 
 def _compute_dtype(dtype):
@@ -204,6 +198,9 @@ def iou(boxes1, boxes2, bounding_box_format, variant="ciou", pairwise=False,
       eps)`; corner formats clamp heights to `eps` (its `xywh=False` path);
       the CIoU aspect term floors heights at `MIN_ASPECT_HEIGHT`, where
       ultralytics divides by zero.
+    * `"ultralytics8"`: ultralytics 8's `bbox_iou` (YOLOv8 and later): as
+      `"ultralytics"`, but corner formats add `eps` to the heights and
+      `alpha = v / (1 - IoU + v + eps)`.
 
     The darknet and ultralytics conventions compute in the boxes' own units
     from their own centre or corner form (`center_xywh` or `xyxy`, `rel_`
@@ -221,8 +218,9 @@ def iou(boxes1, boxes2, bounding_box_format, variant="ciou", pairwise=False,
             `(..., N, M)` (leading axes broadcast, e.g. one set per image).
         image_shape: if given with a `rel_` format, boxes are measured in
             pixels of this `(height, width)`.
-        convention: `"stable"`, `"darknet"` or `"ultralytics"` (above).
-        eps: the ultralytics convention's epsilon.
+        convention: `"stable"`, `"darknet"`, `"ultralytics"` or
+            `"ultralytics8"` (above).
+        eps: the ultralytics conventions' epsilon.
         diou_exponent: power of `rho² / c²` in DIoU and CIoU (darknet's
             `beta_nms`); 1 in the papers.
 
@@ -278,7 +276,9 @@ def iou(boxes1, boxes2, bounding_box_format, variant="ciou", pairwise=False,
             overlap = _darknet(b1, b2, centre, variant, diou_exponent)
         else:
             overlap = _ultralytics(b1, b2, centre, variant, eps,
-                                   diou_exponent)
+                                   diou_exponent,
+                                   version=8 if convention.endswith("8")
+                                   else 5)
     return tf.cast(overlap, out_dtype)
 
 
@@ -344,11 +344,17 @@ def _darknet(b1, b2, centre, variant, diou_exponent):
 MIN_ASPECT_HEIGHT = 1e-12
 
 
-def _ultralytics(b1, b2, centre, variant, eps, diou_exponent):
+def _ultralytics(b1, b2, centre, variant, eps, diou_exponent, version):
+    """yolov5 7.0 (`version=5`) or ultralytics 8 `bbox_iou`, term by term in
+    its own order (`x**2` there is `pow`, in 8 `tf.square`)."""
     t = _native_terms(b1, b2, centre)
     h1, h2 = t["h1"], t["h2"]
-    if not centre:  # bbox_iou(xywh=False): `(b1_y2 - b1_y1).clamp(eps)`
-        h1, h2 = tf.maximum(h1, eps), tf.maximum(h2, eps)
+    square = tf.square if version == 8 else (lambda x: x**2)
+    if not centre:  # bbox_iou(xywh=False)
+        if version == 8:  # `b1_y2 - b1_y1 + eps`
+            h1, h2 = h1 + eps, h2 + eps
+        else:  # `(b1_y2 - b1_y1).clamp(eps)`
+            h1, h2 = tf.maximum(h1, eps), tf.maximum(h2, eps)
     inter = tf.maximum(t["ow"], 0.0) * tf.maximum(t["oh"], 0.0)
     union = t["w1"] * h1 + t["w2"] * h2 - inter + eps
     overlap = inter / union
@@ -359,8 +365,8 @@ def _ultralytics(b1, b2, centre, variant, eps, diou_exponent):
         c_area = cw * ch + eps
         return overlap - (c_area - union) / c_area
     (a1, a2, a3, a4), (u1, u2, u3, u4) = t["c1"], t["c2"]
-    diagonal2 = cw**2 + ch**2 + eps
-    rho2 = ((u1 + u3 - a1 - a3) ** 2 + (u2 + u4 - a2 - a4) ** 2) / 4
+    diagonal2 = square(cw) + square(ch) + eps
+    rho2 = (square(u1 + u3 - a1 - a3) + square(u2 + u4 - a2 - a4)) / 4
     ratio = rho2 / diagonal2
     if diou_exponent != 1.0:
         ratio = tf.pow(ratio, diou_exponent)
@@ -369,7 +375,10 @@ def _ultralytics(b1, b2, centre, variant, eps, diou_exponent):
     v = (4 / math.pi**2) * tf.square(
         tf.atan(t["w2"] / tf.maximum(h2, MIN_ASPECT_HEIGHT))
         - tf.atan(t["w1"] / tf.maximum(h1, MIN_ASPECT_HEIGHT)))
-    alpha = tf.stop_gradient(v / (v - overlap + (1 + eps)))
+    if version == 8:
+        alpha = tf.stop_gradient(v / (1 - overlap + v + eps))
+    else:
+        alpha = tf.stop_gradient(v / (v - overlap + (1 + eps)))
     return overlap - (ratio + v * alpha)
 
 

@@ -7,7 +7,10 @@ deep inside a traced step.
 Example:
     >>> check_format("rel_center_xywh")          # passes
     >>> check_positive_int("num_classes", 0)     # ValueError: `num_classes` ...
+    >>> check_unit_interval(iou_thres=1.5)        # ValueError: `iou_thres` ...
 """
+
+import numbers
 
 # The box formats, Keras 3's names (`keras_yolo.boxes.FORMATS` is this tuple).
 FORMATS = (
@@ -43,12 +46,28 @@ def check_image_shape(bounding_box_format, image_shape):
 
 
 def check_positive_int(name, value):
-    """Raises unless `value` is an int >= 1 (a bool is refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Raises unless `value` is an integer >= 1 (Python or numpy; a bool is
+    refused)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or value < 1):
         raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
 
 
-def check_unit_interval(name, value):
-    """Raises unless `0 <= value <= 1`."""
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1]; got {value!r}.")
+def check_non_negative(**values):
+    """Raises naming the first keyword argument that is not `>= 0` (NaN
+    included)."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"`{name}` must be >= 0; got {value!r}.")
+
+
+def check_unit_interval(**values):
+    """Raises naming the first keyword argument outside `[0, 1]` (NaN
+    included).
+
+    Example:
+        >>> check_unit_interval(conf_thres=0.25, iou_thres=0.45)   # passes
+    """
+    for name, value in values.items():
+        if not 0 <= value <= 1:
+            raise ValueError(f"`{name}` must be in [0, 1]; got {value!r}.")

@@ -189,8 +189,7 @@ def non_max_suppression(predictions, conf_thres=0.25, iou_thres=0.45,
         >>> det = non_max_suppression(decoded, conf_thres=0.001,
         ...                           iou_thres=0.6, max_det=300)
     """
-    check_unit_interval("conf_thres", conf_thres)
-    check_unit_interval("iou_thres", iou_thres)
+    check_unit_interval(conf_thres=conf_thres, iou_thres=iou_thres)
     if method not in ("iou", "diou"):
         raise ValueError(f"`method` must be 'iou' or 'diou'; got {method!r}.")
     if int(max_det) < 1:

@@ -289,3 +289,24 @@ def test_ultralytics_ciou_gradient_is_finite_for_a_zero_height():
         out = boxes.iou(p, t, "center_xywh", "ciou", convention="ultralytics")
     assert np.isfinite(out.numpy()).all()
     assert np.isfinite(tape.gradient(out, p).numpy()).all()
+
+
+@pytest.mark.parametrize("variant", ["iou", "giou", "diou", "ciou"])
+@pytest.mark.parametrize("xywh", [True, False])
+def test_ultralytics8_convention_matches_its_bbox_iou(variant, xywh):
+    ref = require_peer("ultralytics8_reference").load()
+    torch = ref.torch
+    rng = np.random.default_rng(9)
+    b1, b2 = random_xyxy(rng, 2000, scale=40.0), random_xyxy(rng, 2000, scale=40.0)
+    b1[:3, 3] = b1[:3, 1]  # zero heights: ultralytics 8 adds eps to them
+    if xywh:
+        b1 = boxes.convert(b1, "xyxy", "center_xywh").numpy()
+        b2 = boxes.convert(b2, "xyxy", "center_xywh").numpy()
+        b1[:3, 3] = 0.5
+    b1, b2 = b1.astype(np.float32), b2.astype(np.float32)
+    flags = {"GIoU": variant == "giou", "DIoU": variant == "diou", "CIoU": variant == "ciou"}
+    expected = ref.tal.bbox_iou(torch.from_numpy(b1), torch.from_numpy(b2), xywh=xywh,
+                                **flags).numpy()[..., 0]
+    got = boxes.iou(b1, b2, "center_xywh" if xywh else "xyxy", variant,
+                    convention="ultralytics8").numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

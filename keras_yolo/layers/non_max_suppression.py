@@ -26,8 +26,7 @@ class NonMaxSuppression(keras.layers.Layer):
                  bounding_box_format="center_xywh", class_offset=None,
                  image_shape=None, **kwargs):
         super().__init__(**kwargs)
-        check_unit_interval("conf_thres", conf_thres)
-        check_unit_interval("iou_thres", iou_thres)
+        check_unit_interval(conf_thres=conf_thres, iou_thres=iou_thres)
         if method not in ("iou", "diou"):
             raise ValueError(
                 f"`method` must be 'iou' or 'diou'; got {method!r}.")
