@@ -1,8 +1,16 @@
 """Training-pipeline throughput: keras_yolo's tf.data augmentation against
 ultralytics yolov5's `create_dataloader`, on coco128 at 640 with mosaic.
 
-    .venv/bin/python benchmarks/bench_data.py [--image-size 640] [--rounds 3]
-        [--batch-size 16] [--images 128] [--grid benchmarks/out/augment_grid.png]
+    nice -n 10 .venv/bin/python benchmarks/bench_data.py [--image-size 640]
+        [--rounds 3] [--batch-size 16] [--images 128] [--ours load pool]
+        [--grid benchmarks/out/augment_grid.png]
+
+Ours, two ways: `ours` is what training uses, `keras_yolo.data.load(
+"coco128.yaml", augment=True, shuffle=True)` (each mosaic reads its image
+and three partners drawn uniformly from the split, four decodes a mosaic as
+ultralytics; float32 images in [0, 1], padded boxes); `ours_pool` is
+`training_pipeline` on a decoded dataset (mosaic partners from a pool of 8
+consecutive images, one decode an image; uint8 images).
 
 Both read the same JPEGs and YOLO txt labels from disk every epoch (no cache)
 and apply hyp.scratch-low.yaml's augmentation (mosaic 1.0, translate 0.1,
@@ -89,6 +97,18 @@ def decoded_dataset(paths, labels, seed=0):
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def load_loader(image_size, batch_size, seed=0):
+    """`keras_yolo.data.load` with augmentation, batched (what training
+    reads)."""
+    from keras_yolo import data
+
+    ds = data.load(os.path.join(COCO128, "coco128.yaml"), split="train",
+                   image_size=image_size, augment=True, shuffle=True,
+                   seed=seed, bounding_box_format="xyxy",
+                   augment_options={"hyperparameters": HYP})
+    return ds.batch(batch_size).prefetch(2)
+
+
 def our_loader(paths, labels, image_size, batch_size, seed=0):
     ds = training_pipeline(decoded_dataset(paths, labels, seed), image_size,
                            seed=seed, hyperparameters=HYP)
@@ -163,7 +183,8 @@ def train_step_images_per_second(batch, steps=3):
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.937),
                   loss=YoloV5Loss(80, anchors=YOLOV5_ANCHORS,
                                   bounding_box_format="xyxy"))
-    x = tf.cast(images, tf.float32) / 255.0
+    x = tf.cast(images, tf.float32)
+    x = x / 255.0 if images.dtype == tf.uint8 else x
     model.train_on_batch(x, target)
     times = []
     for _ in range(steps):
@@ -220,6 +241,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
                         help="yolov5 DataLoader workers to compare with")
+    parser.add_argument("--ours", nargs="+", default=["load", "pool"],
+                        choices=["load", "pool"],
+                        help="our pipelines to time: load (ours) and/or "
+                        "pool (ours_pool)")
     parser.add_argument("--train-step", action="store_true",
                         help="also time a keras_yolo yolov5n train step")
     parser.add_argument("--grid", default=os.path.join(
@@ -228,14 +253,24 @@ def main():
     load_before = os.getloadavg()
 
     paths, labels = read_yolo_folder(COCO128)
-    start = time.perf_counter()
-    ours = our_loader(paths, labels, args.image_size, args.batch_size).repeat()
-    first = next(iter(ours))
-    startup = time.perf_counter() - start
+    ours_datasets, startups, firsts = {}, {}, []
+    for kind in args.ours:
+        name = "ours" if kind == "load" else "ours_pool"
+        start = time.perf_counter()
+        ds = (load_loader(args.image_size, args.batch_size) if kind == "load"
+              else our_loader(paths, labels, args.image_size,
+                              args.batch_size)).repeat()
+        firsts.append(next(iter(ds)))
+        startups[name] = time.perf_counter() - start
+        ours_datasets[name] = ds
+    first = firsts[0]
     if args.grid:
-        write_grid(args.grid, first, class_names())
+        images, target = first
+        if images.dtype != tf.uint8:
+            images = tf.cast(tf.round(images * 255.0), tf.uint8)
+        write_grid(args.grid, (images, target), class_names())
 
-    loaders = {"ours": None}
+    loaders = {name: None for name in ours_datasets}
     mirror = tempfile.mkdtemp(prefix="bench_data_coco128_")
     images_dir = symlink_mirror(COCO128, mirror)
     for workers in args.workers:
@@ -246,10 +281,10 @@ def main():
     speeds = {name: [] for name in loaders}
     for _ in range(args.rounds):
         for name, batches in loaders.items():
-            if name == "ours":
-                loaders["ours"] = None
+            if name in ours_datasets:
+                loaders[name] = None
                 gc.collect()  # the previous iterator's threads stop
-                batches = loaders["ours"] = iter(ours)
+                batches = loaders[name] = iter(ours_datasets[name])
             speeds[name].append(
                 images_per_second(batches, args.images, args.drain))
     loaders = batches = loader = None
@@ -263,20 +298,22 @@ def main():
               "images_per_round": args.images, "drain": args.drain,
               "rounds": args.rounds,
               "images_per_second": medians,
-              "ours_iterator_startup_s": startup,
+              "iterator_startup_s": startups,
               "load_average_before": load_before,
               "load_average_after": os.getloadavg()}
-    for name, value in medians.items():
-        if name != "ours":
-            report[f"ratio_ours_over_{name}"] = medians["ours"] / value
+    peers = [name for name in medians if name not in ours_datasets]
+    for mine in ours_datasets:
+        for name in peers:
+            report[f"ratio_{mine}_over_{name}"] = medians[mine] / medians[name]
     print(f"load average before {load_before}, after {os.getloadavg()}")
     for name, value in medians.items():
         print(f"{name:>20}: {value:7.1f} images/s  (rounds: "
               + ", ".join(f"{v:.1f}" for v in speeds[name]) + ")")
-    for name in medians:
-        if name != "ours":
-            print(f"ours / {name}: {medians['ours'] / medians[name]:.2f}")
-    print(f"ours: first batch of a fresh pipeline after {startup:.1f} s")
+    for mine in ours_datasets:
+        for name in peers:
+            print(f"{mine} / {name}: {medians[mine] / medians[name]:.2f}")
+    for mine, startup in startups.items():
+        print(f"{mine}: first batch of a fresh pipeline after {startup:.1f} s")
     if args.grid:
         print(f"grid of one augmented batch: {args.grid}")
     print(json.dumps(report))

@@ -79,3 +79,25 @@ def test_partner_pipeline_is_deterministic_under_a_seed():
     other = [image for image, _ in _pipeline(seed=4).as_numpy_iterator()]
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_outputs_finished_alone_equal_the_pooled_finish():
+    # mixup/cutmix 0 as numbers: each output is flipped and coloured alone;
+    # as a tf.Variable the pipeline takes the pooled path (partners could be
+    # switched on later): the same draws, the same pixels.
+    count, size = 16, 64
+
+    def run(mixup):
+        hyp = {"mixup": mixup, "hsv_h": 0.1, "hsv_s": 0.7, "hsv_v": 0.4}
+        ds = augment.training_pipeline(
+            tf.data.Dataset.range(count), size, seed=5, hyperparameters=hyp,
+            shuffle_buffer=0, read_sample=_coded_read_sample(count, size),
+            num_samples=count)
+        return list(ds.as_numpy_iterator())
+
+    alone, pooled = run(0.0), run(tf.Variable(0.0))
+    assert len(alone) == len(pooled) == count
+    for (a, ya), (b, yb) in zip(alone, pooled):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+        np.testing.assert_array_equal(ya["labels"], yb["labels"])
+        np.testing.assert_allclose(ya["boxes"], yb["boxes"])

@@ -294,8 +294,14 @@ def _fit_long_side(image, boxes, size):
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     ratio = size / tf.reduce_max(shape)
     new = tf.maximum(tf.cast(tf.round(shape * ratio), tf.int32), 1)
-    resized = resize(tf.cast(image, tf.float32), new[0], new[1])
-    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    def resized():
+        out = resize(tf.cast(image, tf.float32), new[0], new[1])
+        return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+    # Already sized (e.g. coco128's 640 px images): no float round trip.
+    same = tf.reduce_all(tf.equal(new, tf.shape(image)[:2]))
+    resized = tf.cond(same, lambda: image, resized)
     scale = tf.cast(new[::-1], tf.float32) / shape[::-1]
     return resized, boxes * tf.tile(scale, [2])
 

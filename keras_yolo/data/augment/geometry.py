@@ -159,7 +159,9 @@ def warp_image(image, matrix, output_size, fill_value=FILL_VALUE,
             fill_value=tf.cast(fill_value, tf.float32),
             interpolation="BILINEAR", fill_mode="CONSTANT")[0]
     if dtype == tf.uint8:
-        return tf.cast(tf.clip_by_value(tf.round(warped), 0, 255), tf.uint8)
+        # Bilinear blends of uint8 values (and the fill) stay in [0, 255]
+        # up to float rounding, which tf.round absorbs: no clip pass.
+        return tf.cast(tf.round(warped), tf.uint8)
     return tf.cast(warped, dtype)
 
 

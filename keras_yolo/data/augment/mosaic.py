@@ -32,7 +32,8 @@ def mosaic(images, image_sizes, boxes, labels, center, image_size):
 
     Args:
         images: `(4, H, W, 3)` uint8, image `i` in `images[i, :h_i, :w_i]`
-            (e.g. a padded batch of images resized to a longer side `S`).
+            (e.g. a padded batch of images resized to a longer side `S`),
+            or a list of four `(h_i, w_i, 3)` images (no padding copy).
         image_sizes: `(4, 2)` int32 `(h_i, w_i)`.
         boxes: `(4, N, 4)` float32 `xyxy` pixels of each image.
         labels: `(4, N)` int32, negative = padding.
@@ -72,7 +73,7 @@ def mosaic(images, image_sizes, boxes, labels, center, image_size):
         offsets.append(tf.cast(tf.stack([x1a - x1b, y1a - y1b]), tf.float32))
     canvas = tf.concat([tf.concat(tiles[:2], axis=1),
                         tf.concat(tiles[2:], axis=1)], axis=0)
-    canvas = tf.ensure_shape(canvas, [s2, s2, images.shape[-1]])
+    canvas = tf.ensure_shape(canvas, [s2, s2, images[0].shape[-1]])
     offsets = tf.tile(tf.stack(offsets)[:, None, :], [1, 1, 2])  # (4, 1, 4)
     moved = tf.clip_by_value(tf.cast(boxes, tf.float32) + offsets, 0.0,
                              float(s2))

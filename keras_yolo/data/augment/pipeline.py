@@ -118,16 +118,6 @@ def mosaic_partners(seed, num_samples):
                                        dtype=tf.int64)
 
 
-def _pad_to(image, boxes, labels, size, rows):
-    """One decoded sample padded to a `(size, size)` canvas (top left) and
-    `rows` box rows, for stacking four of them."""
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    image = tf.pad(image, [[0, size - h], [0, size - w], [0, 0]],
-                   constant_values=geometry.FILL_VALUE)
-    boxes, labels = _pad_rows(boxes, labels, rows)
-    return tf.ensure_shape(image, [size, size, 3]), boxes, labels
-
-
 def _pad_rows(boxes, labels, rows):
     extra = rows - tf.shape(labels)[0]
     return (tf.pad(boxes, [[0, extra], [0, 0]]),
@@ -173,14 +163,14 @@ class _PoolAugmenter:
             samples = [sample(members[j]) for j in range(4)]
             rows = tf.reduce_max(tf.stack([tf.shape(s[2])[0]
                                            for s in samples]))
-            padded = [_pad_to(*s, size, rows) for s in samples]
+            padded = [_pad_rows(s[1], s[2], rows) for s in samples]
             center = tf.cast(size / 2 + tf.stack(
                 [draws[_CENTER_Y], draws[_CENTER_X]]) * size, tf.int32)
             return mosaic_canvas(
-                tf.stack([p[0] for p in padded]),
+                [s[0] for s in samples],
                 tf.stack([tf.shape(s[0])[:2] for s in samples]),
-                tf.stack([p[1] for p in padded]),
-                tf.stack([p[2] for p in padded]), center, size)
+                tf.stack([p[0] for p in padded]),
+                tf.stack([p[1] for p in padded]), center, size)
 
         def with_letterbox():
             image, boxes, labels = sample(index)
@@ -317,6 +307,16 @@ class _PoolAugmenter:
                          fn_output_signature=spec)
         return self.finish_pool(base + (pool["key"],))
 
+    def finish_one(self, base):
+        """Flips and HSV of one base output (no MixUp/CutMix: no pool)."""
+        pool = tuple(tf.expand_dims(base[name], 0) for name in
+                     ("image", "boxes", "labels", "mosaic", "key"))
+        image, boxes, labels, gains = self.finish(pool, 0)
+        if not all(_is_zero(self.hyp[name])
+                   for name in ("hsv_h", "hsv_s", "hsv_v")):
+            image = color.adjust_hsv(image, gains)
+        return _strip_padding(image, boxes, labels)
+
     def finish_pool(self, base):
         """MixUp, CutMix, flips and HSV of a pool of base outputs `(images,
         boxes, labels, mosaics, keys)`."""
@@ -391,6 +391,14 @@ def training_pipeline(dataset, image_size, seed=0, hyperparameters=None,
         ds = ds.map(plain(lambda key, index: augmenter.base_from_files(
             key, index, read_sample, num_samples)),
                     num_parallel_calls=autotune, deterministic=True)
+        if _is_zero(hyp["mixup"]) and _is_zero(hyp["cutmix"]):
+            # No partner outputs needed: each output is finished alone.
+            ds = ds.map(plain(augmenter.finish_one),
+                        num_parallel_calls=autotune, deterministic=True)
+            if shuffle_buffer:
+                ds = ds.shuffle(shuffle_buffer, seed=seed,
+                                reshuffle_each_iteration=True)
+            return ds
         ds = ds.padded_batch(
             pool_size,
             padded_shapes={"image": [size, size, 3], "boxes": [None, 4],
