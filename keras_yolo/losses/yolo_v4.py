@@ -85,10 +85,11 @@ import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
 from keras_yolo import boxes as box_ops
-from keras_yolo.assign import groundtruth
+from keras_yolo import grid
+from keras_yolo.assign import matching
 from keras_yolo.assign import yolo_v4 as assign_v4
-from keras_yolo.layers.yolo_v4_decode import (MAX_LOG_SCALE, YOLOV4_SCALE_X_Y,
-                                              decode_level, level_list)
+from keras_yolo.grid import MAX_LOG_SCALE, YOLOV4_SCALE_X_Y
+from keras_yolo.losses.base import YoloLoss, check_unit_interval
 
 IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 # compare_yolo_class(..., 0.25f): the class-confidence gate of the ignore rule.
@@ -199,7 +200,7 @@ def darknet_dx_box_iou(pred, truth, iou_loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
-class YoloV4Loss(keras.losses.Loss):
+class YoloV4Loss(YoloLoss):
     """YOLOv4 objective (Bochkovskiy, Wang & Liao 2020).
 
         L = λ_coord Σ 1obj (1 − CIoU(pred, truth)) + λ_obj Σ BCE(C, Ĉ)
@@ -218,7 +219,12 @@ class YoloV4Loss(keras.losses.Loss):
     w, h gradient and `max_delta` clipping, which only this mode applies);
     then `-∂L/∂(raw) = delta / B`.
 
-    Reduction: per-image sums averaged over the batch (total / B).
+    Reduction: every term is a sum over one image (darknet's `delta` is per
+    image), so all of `YoloLoss`'s reductions are honest: the default
+    `"sum_over_batch_size"` averages the per-image sums over the batch (the
+    value this loss always had), `"sum"` adds them, `"none"` gives the `(B,)`
+    per-image losses, and a `(B,)` `sample_weight` weights them (in
+    `darknet_compat` mode the custom box gradient is weighted the same way).
 
     Args:
         num_classes: C.
@@ -237,6 +243,7 @@ class YoloV4Loss(keras.losses.Loss):
         max_delta: box delta clip of `darknet_compat` mode, default 5.
         darknet_compat: follow yolo_layer.c exactly.
         max_boxes: truths per image used by `darknet_compat`, default 200.
+        reduction: one of `keras_yolo.losses.base.REDUCTIONS`.
 
     Call:
         y_true: `{"boxes": (B, M, 4), "labels": (B, M)}`, negative labels
@@ -263,27 +270,27 @@ class YoloV4Loss(keras.losses.Loss):
                  lambda_obj=1.0, lambda_class=1.0, iou_thresh=0.213,
                  ignore_thresh=0.7, scale_x_y=YOLOV4_SCALE_X_Y,
                  iou_loss="ciou", label_smoothing=0.0, max_delta=5.0,
-                 darknet_compat=False, max_boxes=200, name="yolo_v4_loss",
-                 **kwargs):
+                 darknet_compat=False, max_boxes=200,
+                 reduction="sum_over_batch_size", name="yolo_v4_loss",
+                 dtype=None, **aliases):
         seed_values = dict(lambda_coord=lambda_coord, lambda_obj=lambda_obj,
                            lambda_class=lambda_class,
                            label_smoothing=label_smoothing)
         defaults = dict(lambda_coord=0.07, lambda_obj=1.0, lambda_class=1.0,
                         label_smoothing=0.0)
-        for alias, seed_name in ALIASES.items():
-            if alias in kwargs:
-                if seed_values[seed_name] != defaults[seed_name]:
-                    raise ValueError(
-                        f"Pass either `{seed_name}` or its darknet alias "
-                        f"`{alias}`, not both."
-                    )
-                seed_values[seed_name] = kwargs.pop(alias)
-        super().__init__(name=name, **kwargs)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(
-                f"`num_classes` must be a positive int; got {num_classes!r}."
-            )
-        box_ops._check_format("bounding_box_format", bounding_box_format)
+        for alias, value in aliases.items():
+            if alias not in ALIASES:
+                raise TypeError(
+                    f"YoloV4Loss got an unexpected argument {alias!r}.")
+            seed_name = ALIASES[alias]
+            if seed_values[seed_name] != defaults[seed_name]:
+                raise ValueError(
+                    f"Pass either `{seed_name}` or its darknet alias "
+                    f"`{alias}`, not both."
+                )
+            seed_values[seed_name] = value
+        super().__init__(num_classes, bounding_box_format,
+                         reduction=reduction, name=name, dtype=dtype)
         if iou_loss not in IOU_LOSSES:
             raise ValueError(
                 f"`iou_loss` must be one of {IOU_LOSSES}; got {iou_loss!r}."
@@ -305,11 +312,9 @@ class YoloV4Loss(keras.losses.Loss):
                 f"`strides` needs one value per anchor level "
                 f"({len(self.anchors)}); got {strides!r}."
             )
-        self.scale_x_y = level_list(scale_x_y, len(self.anchors), "scale_x_y")
-        for key in ("iou_thresh", "ignore_thresh"):
-            value = locals()[key]
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"`{key}` must be in [0, 1]; got {value!r}.")
+        self.scale_x_y = grid.level_list(scale_x_y, len(self.anchors),
+                                         "scale_x_y")
+        check_unit_interval(iou_thresh=iou_thresh, ignore_thresh=ignore_thresh)
         if not 0.0 <= seed_values["label_smoothing"] < 1.0:
             raise ValueError(
                 "`label_smoothing` must be in [0, 1); got "
@@ -317,8 +322,6 @@ class YoloV4Loss(keras.losses.Loss):
             )
         if max_delta is not None and max_delta <= 0:
             raise ValueError(f"`max_delta` must be positive; got {max_delta!r}.")
-        self.num_classes = num_classes
-        self.bounding_box_format = bounding_box_format
         self.lambda_coord = float(seed_values["lambda_coord"])
         self.lambda_obj = float(seed_values["lambda_obj"])
         self.lambda_class = float(seed_values["lambda_class"])
@@ -331,17 +334,9 @@ class YoloV4Loss(keras.losses.Loss):
         self.max_boxes = int(max_boxes)
 
     # -- inputs ---------------------------------------------------------------
-    def _levels(self, y_pred):
-        if not isinstance(y_pred, (list, tuple)):
-            y_pred = [y_pred]
-        if len(y_pred) != len(self.anchors):
-            raise ValueError(
-                f"`y_pred` must be a list of {len(self.anchors)} levels; got "
-                f"{len(y_pred)}."
-            )
-        levels = []
-        for l, raw in enumerate(y_pred):
-            raw = tf.cast(raw, tf.float32)
+    def check_levels(self, y_pred):
+        levels = super().check_levels(y_pred)
+        for l, raw in enumerate(levels):
             want = (len(self.anchors[l]), 5 + self.num_classes)
             if raw.shape.rank != 5 or tuple(raw.shape[-2:]) != want:
                 raise ValueError(
@@ -351,41 +346,27 @@ class YoloV4Loss(keras.losses.Loss):
                     "may be None): give the head's reshape, or the "
                     "tf.function input_signature, those two sizes."
                 )
-            levels.append(raw)
         return levels
 
-    def _truths(self, y_true, image_shape):
-        if not isinstance(y_true, dict) or not {"boxes", "labels"} <= set(
-                y_true):
-            raise ValueError("`y_true` must be a dict with keys 'boxes' and "
-                             f"'labels'; got {type(y_true).__name__}.")
-        # The one ground-truth policy: invalid rows raise eagerly, are
-        # padding (label -1) inside a compiled step; never silently dropped.
-        boxes, labels = groundtruth.sanitize(
-            y_true, self.num_classes, self.bounding_box_format,
-            None if self.bounding_box_format.startswith("rel_")
-            else image_shape)
-        boxes = box_ops.convert(tf.cast(boxes, tf.float32),
-                                self.bounding_box_format, "rel_center_xywh",
-                                image_shape)
-        valid = labels >= 0
+    def _truths(self, truth):
+        """Truths with darknet's row limit and padded rows made harmless."""
+        valid = truth.valid
         if self.darknet_compat:
-            index = tf.range(tf.shape(labels)[1])[None, :]
+            index = tf.range(tf.shape(truth.labels)[1])[None, :]
             valid &= index < self.max_boxes
         # Padded rows may hold anything: replace them by a harmless box.
-        boxes = tf.where(valid[..., None], boxes,
+        boxes = tf.where(valid[..., None], truth.boxes,
                          tf.constant([0.5, 0.5, 0.1, 0.1], tf.float32))
-        return boxes, tf.where(valid, labels, 0), valid
+        return boxes, tf.where(valid, truth.labels, 0), valid
 
     # -- terms ------------------------------------------------------------------
     def _ignored(self, pred, raw, truths, valid):
         """(B, H, W, A) bool: negatives exempt from the no-object push."""
         shape = tf.shape(pred)
-        flat = tf.reshape(pred, (shape[0], -1, 4))
-        overlap = box_ops.iou(flat[:, :, None, :], truths[:, None, :, :],
-                              "rel_center_xywh", variant="iou")
-        overlap = tf.where(valid[:, None, :], overlap, 0.0)
-        best = tf.reshape(tf.reduce_max(overlap, axis=-1), shape[:4])
+        best, _ = matching.best_truth_iou(
+            tf.reshape(pred, (shape[0], -1, 4)), truths, valid,
+            convention="stable")
+        best = tf.reshape(best, shape[:4])
         if self.darknet_compat:
             gate = tf.reduce_any(tf.sigmoid(raw[..., 5:]) > DARKNET_CLASS_GATE,
                                  axis=-1)
@@ -395,8 +376,8 @@ class YoloV4Loss(keras.losses.Loss):
     def _level_terms(self, level, raw, truths, labels, valid, assignment,
                      image_shape):
         anchors = self.anchors[level]
-        pred = decode_level(raw, anchors, self.strides[level],
-                            self.scale_x_y[level])
+        pred = grid.decode_boxes(raw, anchors, self.strides[level],
+                                 scale_x_y=self.scale_x_y[level])
         shape = tf.shape(raw)
         batch, grid_h, grid_w = shape[0], shape[1], shape[2]
         num_anchors = len(anchors)
@@ -411,11 +392,11 @@ class YoloV4Loss(keras.losses.Loss):
         j_idx = tf.broadcast_to(cells[:, :, None, 0], pair_shape)
         i_idx = tf.broadcast_to(cells[:, :, None, 1], pair_shape)
         indices = tf.stack([b_idx, j_idx, i_idx, a_idx], axis=-1)
-        grid = (batch, grid_h, grid_w, num_anchors)
-        positive = tf.scatter_nd(indices, maskf, grid) > 0
+        anchor_grid = (batch, grid_h, grid_w, num_anchors)
+        positive = tf.scatter_nd(indices, maskf, anchor_grid) > 0
         onehot = tf.one_hot(labels, self.num_classes)[:, :, None, :]
         hot = tf.scatter_nd(indices, maskf[..., None] * onehot,
-                            tf.concat([grid, [self.num_classes]], 0))
+                            tf.concat([anchor_grid, [self.num_classes]], 0))
         eps = self.label_smoothing
         class_target = tf.minimum(hot, 1.0) * (1.0 - eps) + 0.5 * eps
 
@@ -424,12 +405,13 @@ class YoloV4Loss(keras.losses.Loss):
         keep = tf.cast(positive | ~ignored, tf.float32)
         obj = tf.nn.sigmoid_cross_entropy_with_logits(
             labels=tf.cast(positive, tf.float32), logits=raw[..., 4])
-        obj = self.lambda_obj * tf.reduce_sum(obj * keep)
+        obj = self.lambda_obj * tf.reduce_sum(obj * keep, axis=[1, 2, 3])
 
         # Classes: multi-hot BCE on responsible anchors.
         cls = tf.nn.sigmoid_cross_entropy_with_logits(
             labels=class_target, logits=raw[..., 5:])
-        cls = tf.reduce_sum(cls * tf.cast(positive, tf.float32)[..., None])
+        cls = tf.reduce_sum(cls * tf.cast(positive, tf.float32)[..., None],
+                            axis=[1, 2, 3, 4])
         if not self.darknet_compat:
             cls = self.lambda_class * cls
 
@@ -442,15 +424,16 @@ class YoloV4Loss(keras.losses.Loss):
             overlap = box_ops.iou(pred_pairs * scale, truth_pairs * scale,
                                   "center_xywh", variant=self.iou_loss)
             box = self.lambda_coord * tf.reduce_sum(
-                tf.where(mask, 1.0 - overlap, 0.0))
+                tf.where(mask, 1.0 - overlap, 0.0), axis=[1, 2])
             return box, obj, cls
         box = self._darknet_box(raw, pred, pred_pairs, truth_pairs, indices,
-                                mask, positive, class_target, grid)
+                                mask, positive, class_target, anchor_grid)
         return box, obj, cls
 
     def _darknet_box(self, raw, pred, pred_pairs, truth_pairs, indices, mask,
-                     positive, class_target, grid):
-        """Box term whose gradient is darknet's `-delta` (custom gradient)."""
+                     positive, class_target, anchor_grid):
+        """Per-image box term `(B,)` whose gradient is darknet's `-delta`
+        (custom gradient)."""
         raw_sg = tf.stop_gradient(raw)
         pairs = tf.stop_gradient(pred_pairs)
         # delta_yolo_box: "avoid nan in dx_box_iou".
@@ -467,9 +450,9 @@ class YoloV4Loss(keras.losses.Loss):
         if self.max_delta is not None:
             delta = tf.clip_by_value(delta, -self.max_delta, self.max_delta)
         delta = tf.where(mask[..., None], delta, 0.0)
-        delta = tf.scatter_nd(indices, delta, tf.concat([grid, [4]], 0))
+        delta = tf.scatter_nd(indices, delta, tf.concat([anchor_grid, [4]], 0))
         # averages_yolo_deltas: divide by the classes with a positive delta.
-        count = tf.ones(grid)
+        count = tf.ones(anchor_grid)
         if self.iou_thresh < 1.0:
             probs = tf.sigmoid(raw_sg[..., 5:])
             count = tf.reduce_sum(
@@ -482,23 +465,20 @@ class YoloV4Loss(keras.losses.Loss):
                               "rel_center_xywh", variant=self.iou_loss)
         per_pair = self.lambda_coord * (1.0 - overlap) / tf.gather_nd(
             count, indices)
-        value = tf.reduce_sum(tf.where(mask, per_pair, 0.0))
+        value = tf.reduce_sum(tf.where(mask, per_pair, 0.0), axis=[1, 2])
 
         @tf.custom_gradient
         def box_term(raw_box):
-            def grad(upstream):
-                return -upstream * delta
+            def grad(upstream):  # (B,): one weight per image's box term
+                return -upstream[:, None, None, None, None] * delta
             return tf.identity(value), grad
 
         return box_term(raw[..., 0:4])
 
-    def components(self, y_true, y_pred):
-        """The loss terms `{"box", "obj", "cls"}`, each summed per image and
-        averaged over the batch; they add up to `loss(y_true, y_pred)`."""
-        levels = self._levels(y_pred)
-        first = tf.shape(levels[0])
-        image_shape = (first[1] * self.strides[0], first[2] * self.strides[0])
-        truths, labels, valid = self._truths(y_true, image_shape)
+    def terms(self, truth, levels):
+        """The per-image terms `{"box", "obj", "cls"}`, each `(B,)`."""
+        image_shape = self.input_image_shape(levels)
+        truths, labels, valid = self._truths(truth)
         grid_shapes = [(tf.shape(raw)[1], tf.shape(raw)[2]) if
                        raw.shape[1] is None or raw.shape[2] is None
                        else (raw.shape[1], raw.shape[2]) for raw in levels]
@@ -512,23 +492,15 @@ class YoloV4Loss(keras.losses.Loss):
             totals["box"] += box
             totals["obj"] += obj
             totals["cls"] += cls
-        batch = tf.cast(first[0], tf.float32)
-        return {k: v / batch for k, v in totals.items()}
-
-    def call(self, y_true, y_pred):
-        parts = self.components(y_true, y_pred)
-        return parts["box"] + parts["obj"] + parts["cls"]
+        return totals
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            num_classes=self.num_classes, anchors=self.anchors,
+        return dict(
+            super().get_config(), anchors=self.anchors,
             strides=list(self.strides),
-            bounding_box_format=self.bounding_box_format,
             lambda_coord=self.lambda_coord, lambda_obj=self.lambda_obj,
             lambda_class=self.lambda_class, iou_thresh=self.iou_thresh,
             ignore_thresh=self.ignore_thresh,
             scale_x_y=list(self.scale_x_y), iou_loss=self.iou_loss,
             label_smoothing=self.label_smoothing, max_delta=self.max_delta,
             darknet_compat=self.darknet_compat, max_boxes=self.max_boxes)
-        return config
