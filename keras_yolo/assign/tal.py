@@ -5,6 +5,9 @@ For a truth `g` and an anchor point `n` with predicted class probabilities
 
     t(g, n) = p_n[label_g]^alpha * max(CIoU(g, b_n), 0)^beta
 
+(CIoU: `keras_yolo.boxes.iou(..., convention="ultralytics8")`, ultralytics
+8's `bbox_iou(xywh=False, CIoU=True)`.)
+
 1. candidates: points strictly inside `g` (sides shorter than
    `min_size`, ultralytics' `stride[1]`, are first widened to it about the
    centre);
@@ -34,42 +37,13 @@ Example:
     >>> t["fg_mask"].shape, t["target_scores"].shape    # (B, N), (B, N, 80)
 """
 
-import math
-
 import tensorflow as tf
+
+from keras_yolo import boxes as box_ops
 
 # ultralytics' TaskAlignedAssigner `eps`: guards the score normalisation and
 # makes the "strictly inside" test strict.
 EPSILON = 1e-9
-# ultralytics' bbox_iou `eps`.
-IOU_EPSILON = 1e-7
-
-
-def ultralytics_ciou(box1, box2, eps=IOU_EPSILON):
-    """CIoU of corner boxes `(..., 4)` `xyxy`, elementwise (broadcasting), as
-    ultralytics 8's `bbox_iou(xywh=False, CIoU=True)`: `h + eps`,
-    `union + eps`, `c² + eps`, alpha without gradient.
-
-    Example:
-        >>> ultralytics_ciou([[0., 0., 2., 2.]], [[0., 0., 2., 2.]])  # [~1.]
-    """
-    b1x1, b1y1, b1x2, b1y2 = tf.unstack(box1, 4, axis=-1)
-    b2x1, b2y1, b2x2, b2y2 = tf.unstack(box2, 4, axis=-1)
-    w1, h1 = b1x2 - b1x1, b1y2 - b1y1 + eps
-    w2, h2 = b2x2 - b2x1, b2y2 - b2y1 + eps
-    inter = (tf.maximum(tf.minimum(b1x2, b2x2) - tf.maximum(b1x1, b2x1), 0.0)
-             * tf.maximum(tf.minimum(b1y2, b2y2) - tf.maximum(b1y1, b2y1),
-                          0.0))
-    union = w1 * h1 + w2 * h2 - inter + eps
-    iou = inter / union
-    cw = tf.maximum(b1x2, b2x2) - tf.minimum(b1x1, b2x1)
-    ch = tf.maximum(b1y2, b2y2) - tf.minimum(b1y1, b2y1)
-    c2 = tf.square(cw) + tf.square(ch) + eps
-    rho2 = (tf.square(b2x1 + b2x2 - b1x1 - b1x2)
-            + tf.square(b2y1 + b2y2 - b1y1 - b1y2)) / 4
-    v = (4 / math.pi**2) * tf.square(tf.atan(w2 / h2) - tf.atan(w1 / h1))
-    alpha = tf.stop_gradient(v / (1 - iou + v + eps))
-    return iou - (rho2 / c2 + v * alpha)
 
 
 def first_index(mask, axis):
@@ -125,7 +99,8 @@ class TaskAlignedAssigner:
     # Hooks (ultralytics' rotated variant overrides exactly these two).
     def overlaps(self, truth_boxes, pred_boxes):
         """`(B, M, 1, 4)` x `(B, 1, N, 4)` -> `(B, M, N)` CIoU, at least 0."""
-        return tf.maximum(ultralytics_ciou(truth_boxes, pred_boxes), 0.0)
+        return tf.maximum(box_ops.iou(truth_boxes, pred_boxes, "xyxy", "ciou",
+                                      convention="ultralytics8"), 0.0)
 
     def candidates(self, points, truth_boxes, mask):
         """`(B, M, N)` bool: point strictly inside its truth (widened)."""

@@ -7,7 +7,7 @@ from keras_yolo import boxes as box_ops
 from keras_yolo.assign.anchor_points import (bbox2dist, dfl_expectation,
                                              dist2bbox, flatten_levels,
                                              make_anchor_points)
-from keras_yolo.assign.tal import TaskAlignedAssigner, ultralytics_ciou
+from keras_yolo.assign.tal import TaskAlignedAssigner
 from keras_yolo.losses.base import (TRUTH_FORMAT, YoloLoss,
                                     check_positive_int)
 
@@ -139,7 +139,8 @@ class YoloV8Loss(YoloLoss):
         fg = t["fg_mask"]
         weight = tf.where(fg, tf.reduce_sum(scores, -1), 0.0)  # (B, N)
         target = t["target_boxes"] / stride
-        overlap = ultralytics_ciou(pred_boxes, target)
+        overlap = box_ops.iou(pred_boxes, target, "xyxy", "ciou",
+                              convention="ultralytics8")
         box_loss = tf.reduce_sum(tf.where(fg, (1.0 - overlap) * weight,
                                           0.0)) / score_sum
 
