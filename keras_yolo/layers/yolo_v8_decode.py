@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
+from keras_yolo.checks import check_format, check_positive_int
 from keras_yolo.assign.anchor_points import (dfl_expectation, dist2bbox,
                                              flatten_levels,
                                              make_anchor_points)
@@ -54,12 +55,13 @@ class YoloV8Decode(keras.layers.Layer):
     def __init__(self, strides=STRIDES, reg_max=REG_MAX, num_classes=None,
                  bounding_box_format="center_xywh", **kwargs):
         super().__init__(**kwargs)
-        if num_classes is not None and int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1; got {num_classes}.")
-        if int(reg_max) < 2:
+        if num_classes is not None:
+            check_positive_int("num_classes", num_classes)
+        check_positive_int("reg_max", reg_max)
+        if reg_max < 2:
             raise ValueError(
                 f"`reg_max` must be >= 2 (DFL bins); got {reg_max}.")
-        box_ops._check_format("bounding_box_format", bounding_box_format)
+        check_format(bounding_box_format)
         self.strides = tuple(int(s) for s in strides)
         self.reg_max = int(reg_max)
         self.num_classes = None if num_classes is None else int(num_classes)

@@ -89,10 +89,10 @@ class YoloV8Loss(YoloLoss):
         super().__init__(num_classes, bounding_box_format,
                          reduction=reduction, name=name, dtype=dtype)
         check_positive_int("topk", topk)
-        if isinstance(reg_max, bool) or int(reg_max) != reg_max or reg_max < 2:
+        check_positive_int("reg_max", reg_max)
+        if reg_max < 2:
             raise ValueError(
-                f"`reg_max` must be an integer >= 2 (DFL bins); got "
-                f"{reg_max!r}.")
+                f"`reg_max` must be >= 2 (DFL bins); got {reg_max}.")
         self.reg_max = int(reg_max)
         self.strides = tuple(int(s) for s in strides)
         self.box, self.cls, self.dfl = float(box), float(cls), float(dfl)
