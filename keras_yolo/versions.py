@@ -89,8 +89,10 @@ class Version:
         head: `(image_size, strides, anchors, model) -> dict`: the head
             arguments shared by loss and decode layer; None: `{"anchors",
             "strides"}`. `model` is the `models.build` name or None.
-        loss_defaults: `(num_classes, image_size, num_levels) -> dict`: the
-            recipe's loss hyperparameters (e.g. v5's scaled gains); None: {}.
+        loss_defaults: `(num_classes, image_size, num_levels, **hyp) ->
+            dict`: the loss arguments of the reference configuration's
+            hyperparameters `hyp` (e.g. v5's gains scaled as train.py
+            does); None: `hyp` as they are.
         legacy_decode: defaults filled into a decode configuration written
             before decode.json held the layer's config (e.g. v1 darknet's
             `parametrization="linear"`).
@@ -155,11 +157,21 @@ class Version:
             return self.head(image_size, tuple(strides), anchors, model)
         return {"anchors": anchors, "strides": tuple(strides)}
 
-    def loss_arguments(self, num_classes, image_size, num_levels):
-        """The recipe's default loss hyperparameters (beyond the head)."""
+    def loss_arguments(self, num_classes, image_size, num_levels,
+                       hyperparameters=None):
+        """The recipe's loss arguments (beyond the head) from
+        `hyperparameters` named as the reference training configuration
+        names them (default: its defaults)."""
+        hyperparameters = dict(hyperparameters or {})
+        unknown = set(hyperparameters) - set(self.hyperparameter_names())
+        if unknown:
+            raise ValueError(
+                f"unknown {self.name} loss hyperparameters {sorted(unknown)}; "
+                f"known: {list(self.hyperparameter_names())}.")
         if self.loss_defaults is None:
-            return {}
-        return dict(self.loss_defaults(num_classes, image_size, num_levels))
+            return hyperparameters
+        return dict(self.loss_defaults(num_classes, image_size, num_levels,
+                                       **hyperparameters))
 
     def hyperparameter_names(self):
         """The loss's own hyperparameters: its `__init__` keywords other than
@@ -374,10 +386,12 @@ def _register_builtins():
         return {"grid_size": grid, "boxes_per_cell": 2,
                 "parametrization": "logistic"}
 
-    def v5_gains(num_classes, image_size, num_levels):
-        return losses.scale_hyperparameters(
-            num_levels=num_levels, num_classes=num_classes,
-            image_size=image_size)
+    def v5_gains(num_classes, image_size, num_levels, box=0.05, obj=1.0,
+                 cls=0.5, **others):
+        # hyp.scratch-low's gains, scaled as train.py scales them.
+        return {**others, **losses.scale_hyperparameters(
+            box=box, obj=obj, cls=cls, num_levels=num_levels,
+            num_classes=num_classes, image_size=image_size)}
 
     register(Version(
         "v1", losses.YoloV1Loss, layers.YoloV1Decode,

@@ -244,6 +244,24 @@ def test_recipes_wire_each_version_and_reject_bad_input():
         recipes.make_recipe("v5", image_size=100)
 
 
+def test_hyp_splits_augmentation_and_the_versions_loss_keys(tmp_path):
+    from keras_yolo import versions
+    from training import cli
+
+    names = versions.get("v5").hyperparameter_names()
+    yaml_path = tmp_path / "hyp.yaml"
+    yaml_path.write_text("lr0: 0.01\nbox: 0.06\nobj: 0.7\nmosaic: 0.5\n")
+    augment, loss = cli._split_hyperparameters(
+        [str(yaml_path), "cls=0.3", "degrees=5", "sort_obj_iou=true"], names)
+    assert augment == {"mosaic": 0.5, "degrees": 5.0}
+    assert loss == {"box": 0.06, "obj": 0.7, "cls": 0.3, "sort_obj_iou": True}
+    with pytest.raises(SystemExit, match="lambda_coord"):
+        cli._split_hyperparameters(["box=0.1"], versions.get("v1").hyperparameter_names())
+    # Without a version (show-data) only augmentation keys exist.
+    with pytest.raises(SystemExit, match="unknown key 'box'"):
+        cli._hyperparameters(["box=0.1"])
+
+
 MULTI_WORKER_SCRIPT = r"""
 import json, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"

@@ -150,3 +150,15 @@ def test_hyperparameter_names_are_the_losses_own():
         versions.get("v5").hyperparameter_names())
     assert {"lambda_coord", "lambda_noobj"} <= set(versions.get("v1").hyperparameter_names())
     assert "anchors" not in versions.get("v3").hyperparameter_names()
+
+
+def test_v5_loss_hyperparameters_are_scaled_as_train_py_does():
+    # train.py: box *= 3 / nl, cls *= nc / 80 * 3 / nl, obj *= (imgsz / 640)^2 * 3 / nl
+    args = versions.get("v5").loss_arguments(4, 320, 3, {"box": 0.1, "obj": 0.8, "cls": 0.4, "fl_gamma": 1.5})
+    assert args["box"] == pytest.approx(0.1)
+    assert args["cls"] == pytest.approx(0.4 * 4 / 80)
+    assert args["obj"] == pytest.approx(0.8 * (320 / 640) ** 2)
+    assert args["fl_gamma"] == 1.5
+    assert versions.get("v3").loss_arguments(4, 320, 3, {"ignore_thresh": 0.6}) == {"ignore_thresh": 0.6}
+    with pytest.raises(ValueError, match="lambda_coord"):
+        versions.get("v5").loss_arguments(4, 320, 3, {"lambda_coord": 1.0})

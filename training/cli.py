@@ -52,25 +52,27 @@ def _dataset(args, split, augment_options=None):
     return ds, len(ds.class_names)
 
 
-def _hyperparameters(values):
-    """`--hyp` KEY=VALUE pairs or YAML files -> augmentation hyperparameters
-    (a YAML's other keys, e.g. lr0, are left to their own flags)."""
+def _split_hyperparameters(values, loss_names=()):
+    """`--hyp` KEY=VALUE pairs or YAML files -> `(augmentation, loss)`
+    hyperparameters. Loss keys are the version's (`loss_names`, e.g. v5's
+    ultralytics names box, obj, cls, anchor_t, ...; v1-v4 the loss's own
+    lambda_coord, ignore_thresh, ...), with their unscaled meaning; a YAML's
+    other keys (lr0, ...) are left to their own flags."""
     import logging
 
     from keras_yolo.data.augment import DEFAULT_HYPERPARAMETERS
 
-    hyp = {}
+    augment, loss = {}, {}
     for value in values or ():
         if "=" in value:
-            key, _, number = value.partition("=")
-            if key not in DEFAULT_HYPERPARAMETERS:
-                raise SystemExit(f"--hyp {value}: unknown key {key!r}; known: "
-                                 f"{sorted(DEFAULT_HYPERPARAMETERS)}")
-            try:
-                hyp[key] = float(number)
-            except ValueError:
-                raise SystemExit(f"--hyp {value}: {number!r} is not a "
-                                 "number") from None
+            key, _, text = value.partition("=")
+            if key not in DEFAULT_HYPERPARAMETERS and key not in loss_names:
+                raise SystemExit(
+                    f"--hyp {value}: unknown key {key!r}; known: augmentation "
+                    f"{sorted(DEFAULT_HYPERPARAMETERS)}, loss "
+                    f"{sorted(loss_names)}")
+            target = augment if key in DEFAULT_HYPERPARAMETERS else loss
+            target[key] = _hyperparameter_value(value, key, text)
             continue
         import yaml
 
@@ -78,11 +80,39 @@ def _hyperparameters(values):
             loaded = yaml.safe_load(f) or {}
         used = {k: float(v) for k, v in loaded.items()
                 if k in DEFAULT_HYPERPARAMETERS}
+        losses = {k: v for k, v in loaded.items() if k in loss_names
+                  and k not in DEFAULT_HYPERPARAMETERS}
         logging.getLogger("training").info(
-            "--hyp %s: augmentation keys %s (others ignored here: %s)", value,
-            sorted(used), sorted(set(loaded) - set(used)))
-        hyp.update(used)
-    return hyp
+            "--hyp %s: augmentation keys %s, loss keys %s (others ignored "
+            "here: %s)", value, sorted(used), sorted(losses),
+            sorted(set(loaded) - set(used) - set(losses)))
+        augment.update(used)
+        loss.update(losses)
+    return augment, loss
+
+
+def _hyperparameter_value(value, key, text):
+    if text.strip().lower() in ("true", "false"):
+        return text.strip().lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"--hyp {value}: {text!r} is not a number") from None
+
+
+def _hyperparameters(values, loss_names=()):
+    """The augmentation part of `_split_hyperparameters`."""
+    return _split_hyperparameters(values, loss_names)[0]
+
+
+def _loss_names(args):
+    """The `--version`'s loss hyperparameter names (none without one)."""
+    version = getattr(args, "version", None)
+    if version is None:
+        return ()
+    from keras_yolo import versions
+
+    return versions.get(version).hyperparameter_names()
 
 
 def _augment_setup(args):
@@ -95,7 +125,7 @@ def _augment_setup(args):
 
     from keras_yolo.data.augment import DEFAULT_HYPERPARAMETERS, CloseMosaic
 
-    hyp = _hyperparameters(args.hyp)
+    hyp = _hyperparameters(args.hyp, _loss_names(args))
     callbacks = []
     if args.close_mosaic and args.close_mosaic > 0:
         hyp["mosaic"] = tf.Variable(
@@ -161,8 +191,11 @@ def _add_data_arguments(parser):
                         "flips, mixup; keras_yolo.data.augment)")
     parser.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE",
                         help="augmentation hyperparameters with ultralytics' "
-                        "names (hsv_h, degrees, mosaic, mixup, cutmix, ...), "
-                        "or a hyp YAML (its augmentation keys are used)")
+                        "names (hsv_h, degrees, mosaic, mixup, cutmix, ...) "
+                        "and, for train, the loss's (v5: box, obj, cls, "
+                        "anchor_t, ... unscaled, as hyp.scratch-low.yaml; "
+                        "v1-v4: lambda_coord, ignore_thresh, ...), or a hyp "
+                        "YAML (its augmentation and loss keys are used)")
     parser.add_argument("--cache", help="'ram' or 'disk:PATH': keep decoded "
                         "images after the first epoch")
     parser.add_argument("--on-error", default="raise",
@@ -285,8 +318,10 @@ def run_train(args):
     val_ds, _ = _dataset(args, "val")
     args.num_classes = num_classes
     class_names = list(train_ds.class_names)
+    augment_hyp, loss_hyp = _split_hyperparameters(
+        args.hyp, version.hyperparameter_names())
     recipe = recipes.make_recipe(args.version, num_classes, args.image_size,
-                                 model=args.model)
+                                 model=args.model, hyperparameters=loss_hyp)
     anchor_report = None
     if version.autoanchor and not args.no_autoanchor:
         # The labels as stored (yolov5 checks dataset.labels, not mosaics).
@@ -302,7 +337,8 @@ def run_train(args):
         if anchor_report["replaced"]:
             recipe = recipes.make_recipe(args.version, num_classes,
                                          args.image_size, model=args.model,
-                                         anchors=anchors)
+                                         anchors=anchors,
+                                         hyperparameters=loss_hyp)
     ema_momentum = args.ema_momentum if args.ema_momentum == "auto" \
         else float(args.ema_momentum)
     if args.learning_rate is None:
@@ -330,6 +366,7 @@ def run_train(args):
         seed=args.seed, backup_every=backup,
         time_budget=args.minutes * 60 if args.minutes else None,
         config={"args": vars(args) | {"func": None},
+                "hyperparameters": {**augment_hyp, **loss_hyp},
                 "autoanchor": anchor_report,
                 "class_names": class_names},
         shuffle=args.data == "shapes",  # load() shuffles file indices

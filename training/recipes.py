@@ -68,7 +68,7 @@ def scaled_anchors(version, image_size):
 
 def make_recipe(version="v5", num_classes=3, image_size=128, model=None,
                 bounding_box_format="rel_center_xywh", anchors=None,
-                **loss_kwargs):
+                hyperparameters=None, **loss_kwargs):
     """The recipe of a registered `version` ("v1".."v5",
     `keras_yolo.versions.names()`).
 
@@ -77,7 +77,11 @@ def make_recipe(version="v5", num_classes=3, image_size=128, model=None,
             `keras_yolo.models.build` name (e.g. "yolov5s").
         anchors: `(levels, A, 2)` pixel anchors replacing the version's
             (e.g. from `autoanchor`); None keeps them.
-        loss_kwargs: loss hyperparameters overriding the recipe's.
+        hyperparameters: loss hyperparameters as the version's reference
+            training configuration names them (v5: hyp.scratch-low's box,
+            obj, cls, unscaled; the recipe scales them as train.py does).
+        loss_kwargs: loss arguments overriding the recipe's, as the loss
+            takes them (v5's box, obj, cls already scaled).
     """
     spec = versions.get(version)
     if image_size % 32:
@@ -104,7 +108,8 @@ def make_recipe(version="v5", num_classes=3, image_size=128, model=None,
         build_model = lambda: models.build(model, num_classes, shape)  # noqa: E731
     num_levels = len(head.get("strides", ()))
     loss_options = {**spec.loss_arguments(num_classes, image_size,
-                                          num_levels), **loss_kwargs}
+                                          num_levels, hyperparameters),
+                    **loss_kwargs}
     build_loss = lambda: spec.loss(  # noqa: E731
         num_classes, bounding_box_format=fmt, **head, **loss_options)
     decode = versions.make_decode_layer(version, num_classes, head,
