@@ -76,6 +76,18 @@ def test_outputs_are_three_levels_of_dfl_and_class_logits(shape_models, height, 
     assert all(o.dtype == "float32" for o in outputs)
 
 
+def test_mixed_precision_outputs_stay_float32():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        with shapes_only():
+            model = yolov8(num_classes=3, input_shape=(64, 64, 3), width_multiple=0.125)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.get_layer("m22_cv3_0_2").compute_dtype == "float16"
+    assert [o.dtype for o in model.outputs] == ["float32"] * 3
+
+
 def test_scales_follow_the_yaml():
     # yolov8.yaml `scales`: [depth, width, max_channels]
     assert YOLOV8_SCALES == {"n": (0.33, 0.25, 1024), "s": (0.33, 0.50, 1024), "m": (0.67, 0.75, 768),
