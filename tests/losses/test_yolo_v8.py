@@ -341,3 +341,21 @@ def test_padded_batch_dataset_through_one_graph():
                                    rtol=1e-5)
     assert len(seen) == 3
     assert step.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e30])
+def test_extreme_raw_outputs_give_finite_loss_and_gradients(scale):
+    """Saturated DFL bins and class logits (a diverging model), a truth in
+    the image corner and one the size of the image."""
+    rng = np.random.default_rng(0)
+    boxes, labels = padded_truths(rng, (5, 0), 8, 3, crafted=(
+        (0, (0.5, 0.5, 1.0, 1.0)), (0, (0.0, 0.0, 0.01, 0.01))))
+    levels = [tf.constant(p * scale)
+              for p in random_levels(rng, 2, (64, 96), 3)]
+    with tf.GradientTape() as tape:
+        tape.watch(levels)
+        total = YoloV8Loss(num_classes=3)({"boxes": boxes, "labels": labels},
+                                          levels)
+    assert np.isfinite(float(total)) and float(total) > 0
+    for g in tape.gradient(total, levels):
+        assert np.all(np.isfinite(g.numpy()))
