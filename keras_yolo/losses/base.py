@@ -17,6 +17,8 @@ A version's loss is a subclass that defines only its own parts:
   variables (`keras.Variable`s, serialized in `get_config`). Called once per
   `loss(...)` / `compute_terms(...)`, after the terms, never by
   `components()`.
+- `term_names` / `logged_terms(terms)` (optional): the terms `YoloModel`
+  logs (default `box`, `obj`, `cls`).
 
 The base owns everything else, written once: argument validation
 (`num_classes`, `bounding_box_format`, `reduction`), ground truth (the
@@ -55,7 +57,9 @@ import keras
 import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
+from keras_yolo import checks
 from keras_yolo.assign import groundtruth
+from keras_yolo.checks import check_positive_int  # noqa: F401 - for subclasses
 
 PER_IMAGE_REDUCTIONS = ("none", "mean_with_sample_weight")
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum") + PER_IMAGE_REDUCTIONS
@@ -89,21 +93,6 @@ def dim(x, axis):
     return static if static is not None else tf.shape(x)[axis]
 
 
-def check_positive_int(name, value):
-    """Raises a ValueError naming `name` unless `value` is an integer >= 1
-    (Python or NumPy; not a bool, not a float)."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or value < 1):
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
-
-
-def check_non_negative(**values):
-    """Raises a ValueError naming the first argument that is not `>= 0`."""
-    for name, value in values.items():
-        if not value >= 0:
-            raise ValueError(f"`{name}` must be >= 0; got {value!r}.")
-
-
 def check_unit_interval(**values):
     """Raises a ValueError naming the first argument outside `[0, 1]`."""
     for name, value in values.items():
@@ -111,12 +100,12 @@ def check_unit_interval(**values):
             raise ValueError(f"`{name}` must be in [0, 1]; got {value!r}.")
 
 
-def check_format(bounding_box_format):
-    """Raises a ValueError unless the format is one of `boxes.FORMATS`."""
-    if bounding_box_format not in box_ops.FORMATS:
-        raise ValueError(
-            f"`bounding_box_format` must be one of {box_ops.FORMATS}; got "
-            f"{bounding_box_format!r}.")
+def check_non_negative(**values):
+    """Raises a ValueError naming the first argument that is not `>= 0`
+    (NaN included): the weights and scales of every objective."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"`{name}` must be >= 0; got {value!r}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
@@ -148,6 +137,8 @@ class YoloLoss(keras.losses.Loss):
 
     # True: `terms` gives per-image values (B,); False: batch-level scalars.
     per_image = True
+    # What `YoloModel` logs (epoch means), from `logged_terms`.
+    term_names = ("box", "obj", "cls")
 
     def __init__(self, num_classes, bounding_box_format="rel_center_xywh",
                  reduction="sum_over_batch_size", name=None, dtype=None):
@@ -164,9 +155,12 @@ class YoloLoss(keras.losses.Loss):
                 f"`reduction` must be one of {REDUCTIONS[:3]}; got "
                 f"{reduction!r}.")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if (isinstance(num_classes, numbers.Integral)
+                and not isinstance(num_classes, bool)):
+            num_classes = int(num_classes)  # NumPy integers too
         check_positive_int("num_classes", num_classes)
-        check_format(bounding_box_format)
-        self.num_classes = int(num_classes)
+        checks.check_format(bounding_box_format)
+        self.num_classes = num_classes
         self.bounding_box_format = bounding_box_format
         # The config keeps a dtype name (a DTypePolicy by its compute dtype).
         self._dtype_arg = (dtype if dtype is None or isinstance(dtype, str)
@@ -205,6 +199,12 @@ class YoloLoss(keras.losses.Loss):
     def advance_state(self, truth, levels, aux):
         """Assigns the state variables after one evaluation (default: no
         state). Called only by `__call__`/`call`/`compute_terms`."""
+
+    def logged_terms(self, terms):
+        """`{name: value}` for each of `term_names`, from `components`'
+        terms (a subclass folds its extra terms in, e.g. v1/v2's `noobj`
+        into `obj`)."""
+        return {name: terms[name] for name in self.term_names}
 
     # -- ground truth -----------------------------------------------------------
     def ground_truth(self, y_true, levels):

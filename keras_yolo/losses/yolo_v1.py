@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_yolo import checks
 from keras_yolo.assign import yolo_v1 as assign
 from keras_yolo.layers.yolo_v1_decode import (
     ensure_raw_shape, parametrize, split_raw)
@@ -120,10 +121,7 @@ class YoloV1Loss(YoloLoss):
         check_positive_int("boxes_per_cell", boxes_per_cell)
         check_non_negative(lambda_coord=lambda_coord,
                            lambda_noobj=lambda_noobj)
-        if not bounding_box_format.startswith("rel_") and image_shape is None:
-            raise ValueError(
-                f"bounding_box_format={bounding_box_format!r} is in pixels: "
-                "pass `image_shape=(height, width)` of the input image.")
+        checks.check_image_shape(bounding_box_format, image_shape)
         darknet = dict(coord_scale=coord_scale, object_scale=object_scale,
                        noobject_scale=noobject_scale, class_scale=class_scale,
                        rescore=rescore, sqrt=sqrt, softmax=softmax)
@@ -178,6 +176,11 @@ class YoloV1Loss(YoloLoss):
 
     def input_image_shape(self, levels):
         return self.image_shape
+
+    def logged_terms(self, terms):
+        """`box`, `obj` (with `noobj`), `cls`: the names every version logs."""
+        return {"box": terms["box"], "obj": terms["obj"] + terms["noobj"],
+                "cls": terms["cls"]}
 
     def terms(self, truth, levels):
         """Per-image `"box"`, `"obj"`, `"noobj"`, `"cls"`, each `(B,)`."""

@@ -5,9 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
+from keras_yolo import boxes as box_ops
+from keras_yolo import grid
+from keras_yolo.assign import matching
 from keras_yolo.assign import yolo_v2 as assign_v2
-from keras_yolo.layers.yolo_v2_decode import (
-    anchor_sizes, check_v2_anchors, decode_v2)
 from keras_yolo.losses.base import (
     YoloLoss, check_non_negative, check_unit_interval, dim)
 
@@ -36,6 +37,12 @@ def _size_error(t, truth, anchor):
     error = truth - predicted
     slope = -2.0 * error * predicted  # d/dt of the square at t_in
     return tf.square(error) + tf.stop_gradient(slope) * (t - t_in)
+
+
+def _darknet_iou(boxes1, boxes2):
+    """darknet's `box_iou` of broadcastable `rel_center_xywh` boxes."""
+    return box_ops.iou(boxes1, boxes2, "rel_center_xywh", "iou",
+                       convention="darknet")
 
 
 def _masked_sum(mask, values):
@@ -186,7 +193,7 @@ class YoloV2Loss(YoloLoss):
                          reduction=reduction, name=name, dtype=dtype)
         if anchors is None:
             anchors = default_anchors.YOLOV2_COCO_ANCHORS
-        anchors, stride = check_v2_anchors(anchors, strides)
+        anchors, stride = grid.single_level_anchors(anchors, strides)
         check_non_negative(
             lambda_coord=lambda_coord, lambda_obj=lambda_obj,
             lambda_noobj=lambda_noobj, lambda_class=lambda_class,
@@ -222,6 +229,11 @@ class YoloV2Loss(YoloLoss):
     def _counting(self):
         return self.darknet_compat and self.count_seen
 
+    def logged_terms(self, terms):
+        """`box`, `obj` (with `noobj`), `cls`: the names every version logs."""
+        return {"box": terms["box"], "obj": terms["obj"] + terms["noobj"],
+                "cls": terms["cls"]}
+
     def terms(self, truth, levels):
         """Per-image `{"box", "obj", "noobj", "cls"}`, each `(B,)`.
 
@@ -230,8 +242,12 @@ class YoloV2Loss(YoloLoss):
         """
         raw = levels[0]
         grid_shape = (dim(raw, 1), dim(raw, 2))
-        pred_rel, objectness, class_probs = decode_v2(raw, self._anchors_cells)
-        predicted_wh = anchor_sizes(raw[..., 2:4], self._anchors_cells)
+        # Anchors in grid cells with stride 1: boxes in fractions of the grid.
+        decoded = grid.decode_level(raw, self._anchors_cells, 1,
+                                    class_activation="softmax")
+        pred_rel = decoded["boxes"]
+        objectness, class_probs = decoded["objectness"], decoded["class_probs"]
+        predicted_wh = grid.box_sizes(raw[..., 2:4], self._anchors_cells)
         targets = assign_v2.assign(
             truth.boxes, truth.labels, self._anchors_cells, grid_shape,
             self.strides[0], "rel_center_xywh",
@@ -296,7 +312,7 @@ class YoloV2Loss(YoloLoss):
         squared = (tf.square(x - offset[..., 0]) + tf.square(y - offset[..., 1])
                    + _size_error(t_wh[..., 0], w, anchors[:, 0])
                    + _size_error(t_wh[..., 1], h, anchors[:, 1]))
-        iou = tf.stop_gradient(assign_v2.center_iou(pred_rel, truth))
+        iou = tf.stop_gradient(_darknet_iou(pred_rel, truth))
         noobj_mask = 1.0 - resp
         if self.ignore_thresh is not None:
             best = self._best_iou(pred_rel, targets)
@@ -333,7 +349,7 @@ class YoloV2Loss(YoloLoss):
                  + tf.reduce_sum(tf.square(raw[..., 2:4]), -1))
         box += prior_on * _masked_sum(1.0 - resp,
                                       0.5 * self.prior_scale * prior)
-        iou = tf.stop_gradient(assign_v2.center_iou(pred_rel, truth))
+        iou = tf.stop_gradient(_darknet_iou(pred_rel, truth))
         target = iou if self.rescore else tf.ones_like(iou)
         best = self._best_iou(pred_rel, targets)
         noobj_mask = (1.0 - resp) * tf.cast(best <= self.thresh, tf.float32)
@@ -352,7 +368,8 @@ class YoloV2Loss(YoloLoss):
     def _best_iou(self, pred_rel, targets):
         shape = tf.shape(pred_rel)
         flat = tf.reshape(tf.stop_gradient(pred_rel), (shape[0], -1, 4))
-        best = assign_v2.best_truth_iou(flat, targets["rel"], targets["valid"])
+        best, _ = matching.best_truth_iou(flat, targets["rel"],
+                                          targets["valid"])
         return tf.reshape(best, shape[:-1])
 
     def get_config(self):

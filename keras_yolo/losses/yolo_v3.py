@@ -5,8 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_yolo import anchors as default_anchors
+from keras_yolo import boxes as box_ops
+from keras_yolo import grid
+from keras_yolo.assign import matching
 from keras_yolo.assign import yolo_v3 as assign
-from keras_yolo.layers.yolo_v3_decode import decode_level, level_anchors
 from keras_yolo.losses.base import (
     YoloLoss, check_non_negative, check_unit_interval, dim)
 
@@ -155,7 +157,7 @@ class YoloV3Loss(YoloLoss):
                             truth_thresh=truth_thresh,
                             coord_iou_thresh=coord_iou_thresh)
         self.strides = tuple(int(s) for s in strides)
-        self.all_anchors, self.masks = level_anchors(anchors, masks,
+        self.all_anchors, self.masks = grid.level_anchors(anchors, masks,
                                                      len(self.strides))
         self.anchors = np.asarray(anchors, np.float32).tolist()
         self._masks_arg = None if masks is None else self.masks
@@ -175,7 +177,7 @@ class YoloV3Loss(YoloLoss):
         image_hw = tf.cast(tf.stack(self.input_image_shape(levels)),
                            tf.float32)
         truth_wh_px = boxes[..., 2:4] * image_hw[::-1]
-        best = assign.best_anchor(truth_wh_px, tf.constant(self.all_anchors))
+        best = matching.best_anchor(truth_wh_px, tf.constant(self.all_anchors))
         totals = {"box": 0.0, "obj": 0.0, "cls": 0.0}  # each (B,)
         for level, raw in enumerate(levels):
             terms = self._level(raw, level, boxes, labels, best)
@@ -217,9 +219,10 @@ class YoloV3Loss(YoloLoss):
                                       (height, width), self.num_classes)
 
         # Predicted boxes, for the ignore mask and truth_thresh (no gradient).
-        pred = tf.stop_gradient(decode_level(raw, anchors, stride))
+        pred = tf.stop_gradient(grid.decode_boxes(raw, anchors, stride))
         flat_pred = tf.reshape(pred, [batch, -1, 4])
-        best_iou, best_t = assign.best_truth(flat_pred, boxes, labels)
+        best_iou, best_t = matching.best_truth_iou(flat_pred, boxes,
+                                                  labels >= 0)
         best_iou = tf.reshape(best_iou, [batch, *grid_shape])
         best_t = tf.reshape(best_t, [batch, -1])
         assigned = targets["responsible"] > 0
@@ -241,9 +244,9 @@ class YoloV3Loss(YoloLoss):
 
         # Coordinate targets t = inverse of the decoding, in the slot's cell.
         size = tf.cast(tf.stack([width, height]), tf.float32)
-        grid = tf.stack(tf.meshgrid(tf.range(width), tf.range(height)), -1)
-        grid = tf.cast(grid, tf.float32)[None, :, :, None, :]
-        offset = truth[..., 0:2] * size - grid
+        cells = tf.stack(tf.meshgrid(tf.range(width), tf.range(height)), -1)
+        cells = tf.cast(cells, tf.float32)[None, :, :, None, :]
+        offset = truth[..., 0:2] * size - cells
         t_wh = tf.math.log(tf.maximum(truth[..., 2:4], MIN_BOX_SIZE)
                            * size * stride / tf.constant(anchors))
         weight = 2.0 - truth[..., 2] * truth[..., 3]
@@ -279,13 +282,11 @@ class YoloV3Loss(YoloLoss):
         if self.coord_iou_gate is None:
             return 1.0
         if self.coord_iou_gate == "anchor":
-            iou = assign.shape_iou(truth[..., 2:4] * image_wh,
-                                   tf.constant(anchors))
-        else:
-            shape = tf.shape(truth)
-            iou = assign.pairwise_iou(tf.reshape(pred, [-1, 1, 4]),
-                                      tf.reshape(truth, [-1, 1, 4]))
-            iou = tf.reshape(iou, shape[:-1])
+            iou = matching.shape_iou(truth[..., 2:4] * image_wh,
+                                     tf.constant(anchors))
+        else:  # darknet's box_iou of each prediction and its truth
+            iou = box_ops.iou(pred, truth, "rel_center_xywh", "iou",
+                              convention="darknet")
         return tf.cast(iou > self.coord_iou_thresh, tf.float32)
 
     def get_config(self):

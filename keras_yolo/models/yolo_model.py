@@ -6,7 +6,8 @@ import tensorflow as tf
 from keras_yolo.assign import groundtruth
 from keras_yolo.losses.base import YoloLoss
 
-# Loss terms logged during training (v1/v2's "noobj" counts in "obj").
+# Loss terms logged for a loss that is not a YoloLoss but has `components`
+# ("noobj" counted in "obj"); a YoloLoss names its own (`term_names`).
 LOSS_TERMS = ("box", "obj", "cls")
 
 
@@ -27,9 +28,10 @@ class YoloModel(keras.Model):
     the input size the loss reads from its levels) are masked by the loss
     inside a compiled step; their number is reported as the metric
     `invalid_boxes` (summed over the epoch). A `YoloLoss` also logs the
-    epoch means of its terms as `box`, `obj` and `cls` (v1/v2's `noobj`
-    counted in `obj`): one `compute_terms` call gives the loss, its terms
-    and the invalid-row count, so the loss's state advances once a step.
+    epoch means of its terms under its `term_names` (`box`, `obj`, `cls`
+    for v1-v5, v1/v2's `noobj` counted in `obj`; `box`, `cls`, `dfl` for
+    v8): one `compute_terms` call gives the loss, its terms and the
+    invalid-row count, so the loss's state advances once a step.
     `sample_weight` from the dataset goes to the loss (one weight per image).
 
     Example:
@@ -44,20 +46,20 @@ class YoloModel(keras.Model):
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
-        if callable(getattr(self.loss, "components", None)) and not getattr(
-                self, "loss_term_trackers", None):
-            # Epoch means of the loss terms, logged as `box`, `obj`, `cls`.
+        if isinstance(self.loss, YoloLoss):
+            names = self.loss.term_names
+        elif callable(getattr(self.loss, "components", None)):
+            names = LOSS_TERMS
+        else:
+            names = ()
+        if names and not getattr(self, "loss_term_trackers", None):
+            # Epoch means of the loss terms (created once, as Keras tracks
+            # metrics by attribute).
             self.loss_term_trackers = [keras.metrics.Mean(name=name)
-                                       for name in LOSS_TERMS]
+                                       for name in names]
 
-    def _log_terms(self, terms):
-        trackers = getattr(self, "loss_term_trackers", None)
-        if not trackers:
-            return
-        logged = {"box": terms.get("box", 0.0),
-                  "obj": terms.get("obj", 0.0) + terms.get("noobj", 0.0),
-                  "cls": terms.get("cls", 0.0)}
-        for tracker in trackers:
+    def _log_terms(self, logged):
+        for tracker in getattr(self, "loss_term_trackers", []):
             tracker.update_state(logged[tracker.name])
 
     def _legacy_loss(self, x, y, y_pred, sample_weight):
@@ -93,7 +95,10 @@ class YoloModel(keras.Model):
         finally:
             del loss.components
         if parts:
-            self._log_terms(parts)
+            self._log_terms({
+                "box": parts.get("box", 0.0),
+                "obj": parts.get("obj", 0.0) + parts.get("noobj", 0.0),
+                "cls": parts.get("cls", 0.0)})
         return total
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
@@ -107,7 +112,7 @@ class YoloModel(keras.Model):
             total, terms, invalid = self.loss.compute_terms(
                 y, y_pred, sample_weight, return_invalid_count=True)
             self.invalid_boxes_tracker.update_state(invalid)
-            self._log_terms(terms)
+            self._log_terms(self.loss.logged_terms(terms))
         else:
             total = self._legacy_loss(x, y, y_pred, sample_weight)
         if self.losses:
