@@ -217,7 +217,7 @@ class YoloV4Loss(YoloLoss):
     `darknet_compat=True` reproduces AlexeyAB darknet's yolo layer exactly
     (see this module's docstring for every difference, including the custom
     w, h gradient and `max_delta` clipping, which only this mode applies);
-    then `-∂L/∂(raw) = delta / B`.
+    then, with the default reduction, `-∂L/∂(raw) = delta / B`.
 
     Reduction: every term is a sum over one image (darknet's `delta` is per
     image), so all of `YoloLoss`'s reductions are honest: the default
@@ -272,13 +272,13 @@ class YoloV4Loss(YoloLoss):
                  iou_loss="ciou", label_smoothing=0.0, max_delta=5.0,
                  darknet_compat=False, max_boxes=200,
                  reduction="sum_over_batch_size", name="yolo_v4_loss",
-                 dtype=None, **aliases):
+                 dtype=None, **kwargs):
         seed_values = dict(lambda_coord=lambda_coord, lambda_obj=lambda_obj,
                            lambda_class=lambda_class,
                            label_smoothing=label_smoothing)
         defaults = dict(lambda_coord=0.07, lambda_obj=1.0, lambda_class=1.0,
                         label_smoothing=0.0)
-        for alias, value in aliases.items():
+        for alias, value in kwargs.items():  # darknet's names
             if alias not in ALIASES:
                 raise TypeError(
                     f"YoloV4Loss got an unexpected argument {alias!r}.")
