@@ -195,6 +195,8 @@ def test_shards_split_the_files_and_cache_changes_nothing(small, tmp_path):
     assert [len(f) for f in fifths] == [3] * 5
     assert sorted(sum(fifths, [])) == sorted(plain + plain[:3])
     assert fifths[2] == [plain[2], plain[7], plain[0]]
+    with pytest.raises(ValueError, match="shard=\\(num_workers"):
+        data.load(str(root), augment=True, shard="file")
     assert _order(data.load(str(root), image_size=32, cache="ram"), 2) == \
         plain * 2
     disk = data.load(str(root), image_size=32,

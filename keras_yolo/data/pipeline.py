@@ -28,8 +28,10 @@ Sharding over the workers of a `MultiWorkerMirroredStrategy`:
   worker should pass): each worker reads only its own files, padded as
   torch's `DistributedSampler` pads (every worker gets `ceil(N / workers)`
   files, the first few files repeated), so every worker runs the same number
-  of steps; auto-shard `OFF`.
-- `shard="file"`: auto-shard `FILE`, for a dataset given to
+  of steps; auto-shard `OFF`. With `augment=True` the mosaic partners are
+  drawn from every file (as ultralytics' DDP ranks draw them), so a worker
+  also reads other workers' files for them.
+- `shard="file"` (not with `augment=True`): auto-shard `FILE`, for a dataset given to
   `strategy.experimental_distribute_dataset` (or `model.fit`) as it is,
   batched or mapped: tf.data finds the file reader and shards the file
   indices before it, so each worker reads and decodes only its own images
@@ -128,6 +130,11 @@ def load(source, split="train", image_size=640, augment=False,
         >>> image, y = next(iter(ds))
         >>> ds.class_names[:2]              # ['person', 'bicycle']
     """
+    if shard == "file" and augment:
+        raise ValueError("shard='file' lets tf.data find the file reader, "
+                         "which augment=True reads around (mosaic partners "
+                         "by index); pass shard=(num_workers, worker_index)"
+                         ".")
     if return_ignored and augment:
         raise ValueError("return_ignored=True is for evaluation data; it "
                          "does not go with augment=True.")
