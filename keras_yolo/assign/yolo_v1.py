@@ -33,6 +33,9 @@ matrices, no Python loop over boxes) and compile with XLA.
 
 import tensorflow as tf
 
+from keras_yolo import boxes as box_ops
+from keras_yolo.assign import matching
+
 
 def cell_targets(boxes, labels, grid_size, num_classes):
     """Per-cell YOLOv1 targets from padded ground truth.
@@ -61,65 +64,27 @@ def cell_targets(boxes, labels, grid_size, num_classes):
     valid = labels >= 0                                           # (B, M)
     # Padded rows may hold anything (even NaN): zero them before any product.
     boxes = tf.where(valid[..., None], boxes, 0.0)
-    grid_xy = boxes[..., :2] * s
-    cell_xy = tf.clip_by_value(tf.floor(grid_xy), 0.0, s - 1.0)   # col, row
-    offsets = grid_xy - cell_xy
-    cell = tf.cast(cell_xy[..., 1] * s + cell_xy[..., 0], tf.int32)  # (B, M)
-
-    # An object wins its cell when no earlier valid object shares the cell.
-    m = tf.shape(labels)[1]
-    earlier = tf.range(m)[None, :] < tf.range(m)[:, None]         # [m, m']
-    same = (cell[:, :, None] == cell[:, None, :]) & valid[:, None, :]
-    beaten = tf.reduce_any(same & earlier[None], axis=-1)
-    winner = tf.cast(valid & ~beaten, tf.float32)                  # (B, M)
-
-    # (B, M, S*S): at most one 1 per cell column, so a sum picks the winner.
-    assign = tf.one_hot(cell, s * s, dtype=tf.float32) * winner[..., None]
+    row, col = matching.centre_cells(boxes[..., :2], (s, s))
+    offsets = boxes[..., :2] * s - tf.cast(tf.stack([col, row], -1),
+                                           tf.float32)
     values = tf.concat(
         [offsets, boxes[..., 2:4], tf.one_hot(labels, num_classes)], axis=-1)
-    per_cell = tf.einsum("bmk,bmd->bkd", assign, values)
+    # The first object of a cell keeps it (darknet's `if (truth[index])`).
+    per_cell, mask = matching.scatter_slots(values, row * s + col, valid,
+                                            s * s, keep="first")
     batch = tf.shape(boxes)[0]
     per_cell = tf.reshape(per_cell, [batch, s, s, 4 + num_classes])
-    mask = tf.reshape(tf.reduce_sum(assign, axis=1), [batch, s, s])
+    mask = tf.reshape(mask, [batch, s, s])
     return {"object_mask": mask, "boxes": per_cell[..., :4],
             "classes": per_cell[..., 4:]}
 
 
 def darknet_iou(boxes1, boxes2):
-    """IoU of centre-size boxes exactly as darknet's `box_iou` computes it.
-
-    `inter = max(overlap_x, 0 if overlap_y < 0) ...`: the intersection is 0
-    when either overlap is negative, `union = w1 h1 + w2 h2 - inter`, and
-    `IoU = inter / union` (0 where the union is 0, where darknet divides by
-    zero). Differs from `keras_yolo.boxes.iou` only for negative widths,
-    which darknet's linear parametrisation without `sqrt` can produce.
-
-    Args:
-        boxes1, boxes2: broadcastable `(..., 4)` `[x, y, w, h]` tensors.
-
-    Returns:
-        `(...)` IoU.
-    """
-    x1, y1, w1, h1 = tf.unstack(boxes1, 4, axis=-1)
-    x2, y2, w2, h2 = tf.unstack(boxes2, 4, axis=-1)
-
-    def overlap(c1, s1, c2, s2):
-        left = tf.maximum(c1 - s1 / 2, c2 - s2 / 2)
-        right = tf.minimum(c1 + s1 / 2, c2 + s2 / 2)
-        return right - left
-
-    ow, oh = overlap(x1, w1, x2, w2), overlap(y1, h1, y2, h2)
-    inter = tf.where((ow < 0) | (oh < 0), 0.0, ow * oh)
-    union = w1 * h1 + w2 * h2 - inter
-    nonzero = tf.not_equal(union, 0.0)
-    return tf.where(nonzero, inter / tf.where(nonzero, union, 1.0), 0.0)
-
-
-def _first_index(condition):
-    """Lowest index along the last axis where `condition` holds."""
-    n = condition.shape[-1]
-    idx = tf.range(n, dtype=tf.int32)
-    return tf.reduce_min(tf.where(condition, idx, n), axis=-1)
+    """Old name (kept until the v1 loss switches) of `keras_yolo.boxes.iou(
+    boxes1, boxes2, "rel_center_xywh", "iou", convention="darknet")`:
+    darknet's `box_iou`, which also computes for negative widths."""
+    return box_ops.iou(boxes1, boxes2, "rel_center_xywh", "iou",
+                       convention="darknet")
 
 
 def responsible_predictor(pred_boxes, truth_boxes, grid_size):
@@ -134,16 +99,17 @@ def responsible_predictor(pred_boxes, truth_boxes, grid_size):
     Returns:
         `(one_hot (B, S, S, Bx) float32, iou (B, S, S, Bx))`: the chosen
         predictor (highest IoU, lowest index on ties; smallest box distance
-        when no IoU is positive) and every predictor's IoU with the truth.
+        when no IoU is positive) and every predictor's IoU with the truth
+        (darknet's `box_iou`, `keras_yolo.boxes.iou(convention="darknet")`).
     """
     scale = tf.constant([1.0 / grid_size, 1.0 / grid_size, 1.0, 1.0])
     pred = pred_boxes * scale
     truth = (truth_boxes * scale)[..., None, :]
-    iou = darknet_iou(pred, truth)
+    iou = box_ops.iou(pred, truth, "rel_center_xywh", "iou",
+                      convention="darknet")
     distance = tf.reduce_sum(tf.square(pred - truth), axis=-1)
-    by_iou = _first_index(iou >= tf.reduce_max(iou, -1, keepdims=True))
-    by_distance = _first_index(
-        distance <= tf.reduce_min(distance, -1, keepdims=True))
+    by_iou = matching.first_argmax(iou)
+    by_distance = matching.first_argmax(-distance)
     overlaps = tf.reduce_max(iou, axis=-1) > 0
     best = tf.where(overlaps, by_iou, by_distance)
     return tf.one_hot(best, pred_boxes.shape[-2], dtype=tf.float32), iou

@@ -9,8 +9,9 @@ anchors instead.
 When two truths fall on the same cell and anchor the later row wins, as in
 darknet's `forward_region_layer` (it writes the deltas truth after truth).
 
-Everything is vectorized over images and truths (a `(B, M, M)` comparison and
-one `scatter_nd`) and XLA-compilable. The batch size, the number of truths M
+Built from `keras_yolo.assign.matching` (centre cells, `best_anchor`,
+`scatter_slots(keep="last")`); vectorized over images and truths and
+XLA-compilable. The batch size, the number of truths M
 and the grid size may be unknown when the step is traced (a `padded_batch`
 pipeline, Keras' relaxed retracing): static sizes are used when known, and
 `tf.shape` otherwise.
@@ -19,6 +20,7 @@ pipeline, Keras' relaxed retracing): static sizes are used when known, and
 import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
+from keras_yolo.assign import matching
 
 # darknet's region_layer.c reads at most 30 truths per image.
 DARKNET_MAX_TRUTHS = 30
@@ -57,35 +59,13 @@ def truths_in_cells(boxes, labels, bounding_box_format, grid_shape, stride,
                                                 axis=1), tf.bool)
         rank = tf.cumsum(tf.cast(valid, tf.int32), axis=1)
         valid = valid & (rank <= DARKNET_MAX_TRUTHS)
-    grid_x, grid_y = (rel[..., 0] * tf.cast(width, tf.float32),
-                      rel[..., 1] * tf.cast(height, tf.float32))
-    cell_x = tf.clip_by_value(tf.cast(tf.floor(grid_x), tf.int32), 0, width - 1)
-    cell_y = tf.clip_by_value(tf.cast(tf.floor(grid_y), tf.int32), 0, height - 1)
+    cell_y, cell_x = matching.centre_cells(rel[..., :2], grid_shape)
     return {"rel": rel, "valid": valid, "cell_x": cell_x, "cell_y": cell_y}
 
 
-def shape_iou(wh1, wh2):
-    """IoU of two boxes sharing a centre: `(..., 2)` sizes -> `(...)`."""
-    inter = (tf.minimum(wh1[..., 0], wh2[..., 0])
-             * tf.minimum(wh1[..., 1], wh2[..., 1]))
-    union = wh1[..., 0] * wh1[..., 1] + wh2[..., 0] * wh2[..., 1] - inter
-    return tf.math.divide_no_nan(inter, union)
-
-
-def best_anchor(truth_wh, candidate_wh):
-    """Index of the candidate shape overlapping each truth most.
-
-    Args:
-        truth_wh: `(B, M, 2)` truth sizes.
-        candidate_wh: `(A, 2)` anchor sizes or `(B, M, A, 2)` predicted sizes
-            in the truth's cell, in the same units as `truth_wh`.
-
-    Returns:
-        `(B, M)` int32; ties and all-zero overlaps go to the lowest index,
-        as darknet's strict `iou > best_iou` scan from `best_n = 0`.
-    """
-    iou = shape_iou(truth_wh[:, :, None, :], candidate_wh)
-    return tf.argmax(iou, axis=-1, output_type=tf.int32)
+# Old names (kept until the v2 loss reads keras_yolo.assign.matching).
+shape_iou = matching.shape_iou
+best_anchor = matching.best_anchor
 
 
 def scatter_to_grid(values, valid, cell_y, cell_x, anchor, grid_shape,
@@ -104,31 +84,12 @@ def scatter_to_grid(values, valid, cell_y, cell_x, anchor, grid_shape,
         `(B, H, W, A)` float32 mask of the written slots.
     """
     height, width = grid_shape
-    batch = tf.shape(values)[0]
-    num_truths = values.shape[1]
-    if num_truths is None:  # M known only at run time (padded_batch)
-        num_truths = tf.shape(values)[1]
-    slots = height * width * num_anchors
     slot = (cell_y * width + cell_x) * num_anchors + anchor
-    # A row is overwritten when a later valid row targets the same slot.
-    later = tf.linalg.band_part(tf.ones((num_truths, num_truths), tf.bool),
-                                0, -1) & ~tf.eye(num_truths, dtype=tf.bool)
-    same = (slot[:, :, None] == slot[:, None, :]) & valid[:, None, :]
-    overwritten = tf.reduce_any(same & later[None], axis=-1)
-    keep = valid & ~overwritten
-    # Rows not kept go to one extra slot that is cut off afterwards, so the
-    # kept slots are unique and scatter_nd's sum is an assignment.
-    slot = tf.where(keep, slot, slots)
-    image = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(slot))
-    indices = tf.stack([image, slot], axis=-1)
-    features = values.shape[-1]
-    written = tf.scatter_nd(indices, values, tf.stack([batch, slots + 1,
-                                                       features]))
-    mask = tf.scatter_nd(indices, tf.cast(keep, tf.float32),
-                         tf.stack([batch, slots + 1]))
+    written, mask = matching.scatter_slots(
+        values, slot, valid, height * width * num_anchors, keep="last")
     shape = [-1, height, width, num_anchors]
-    return (tf.reshape(written[:, :slots], shape + [features]),
-            tf.reshape(mask[:, :slots], shape))
+    return (tf.reshape(written, shape + [values.shape[-1]]),
+            tf.reshape(mask, shape))
 
 
 def assign(boxes, labels, anchors, grid_shape, stride,
@@ -168,14 +129,14 @@ def assign(boxes, labels, anchors, grid_shape, stride,
     grid_scale = tf.cast(tf.stack([width, height]), tf.float32)
     truth_wh = rel[..., 2:] * grid_scale  # grid cells
     if bias_match:
-        anchor = best_anchor(truth_wh, anchors)
+        anchor = matching.best_anchor(truth_wh, anchors)
     else:
         if predicted_wh is None:
             raise ValueError("`bias_match=False` needs `predicted_wh`.")
         cells = tf.stack([cell_y, cell_x], axis=-1)
         in_cell = tf.gather_nd(tf.cast(predicted_wh, tf.float32), cells,
                                batch_dims=1)  # (B, M, A, 2)
-        anchor = best_anchor(truth_wh, in_cell)
+        anchor = matching.best_anchor(truth_wh, in_cell)
     label = tf.cast(tf.convert_to_tensor(labels), tf.float32)[..., None]
     values = tf.concat([rel, label + 1.0], axis=-1)  # +1: empty slots read -1
     grid, responsible = scatter_to_grid(values, valid, cell_y, cell_x, anchor,
@@ -190,29 +151,14 @@ def assign(boxes, labels, anchors, grid_shape, stride,
 
 
 def center_iou(boxes1, boxes2):
-    """IoU of broadcastable `(..., 4)` centre-form boxes, as darknet's
-    `box_iou` (no epsilon: 0 where the union is empty)."""
-    x1, y1, w1, h1 = tf.unstack(boxes1, 4, axis=-1)
-    x2, y2, w2, h2 = tf.unstack(boxes2, 4, axis=-1)
-    inter_w = tf.minimum(x1 + w1 / 2, x2 + w2 / 2) - tf.maximum(x1 - w1 / 2,
-                                                                x2 - w2 / 2)
-    inter_h = tf.minimum(y1 + h1 / 2, y2 + h2 / 2) - tf.maximum(y1 - h1 / 2,
-                                                                y2 - h2 / 2)
-    inter = tf.maximum(inter_w, 0.0) * tf.maximum(inter_h, 0.0)
-    return tf.math.divide_no_nan(inter, w1 * h1 + w2 * h2 - inter)
+    """Old name (kept until the v2 loss switches): darknet's `box_iou` of
+    broadcastable `(..., 4)` centre boxes, `keras_yolo.boxes.iou(...,
+    convention="darknet")`."""
+    return box_ops.iou(boxes1, boxes2, "rel_center_xywh", "iou",
+                       convention="darknet")
 
 
 def best_truth_iou(pred_rel, truth_rel, valid):
-    """Highest IoU of each prediction with any valid truth of its image.
-
-    Args:
-        pred_rel: `(B, N, 4)` predicted boxes, rel_center_xywh.
-        truth_rel: `(B, M, 4)` truths, rel_center_xywh.
-        valid: `(B, M)` bool.
-
-    Returns:
-        `(B, N)` float32, 0 for an image without truths.
-    """
-    iou = center_iou(pred_rel[:, :, None, :], truth_rel[:, None, :, :])
-    iou = tf.where(valid[:, None, :], iou, 0.0)
-    return tf.reduce_max(iou, axis=-1)
+    """Old name (kept until the v2 loss switches): the best IoU of
+    `keras_yolo.assign.matching.best_truth_iou`."""
+    return matching.best_truth_iou(pred_rel, truth_rel, valid)[0]

@@ -8,55 +8,19 @@ that anchor responsible; the other levels do nothing with it. Predictions
 whose decoded box overlaps any truth by more than `ignore_thresh` are
 ignored for objectness (`ignore_mask`).
 
-Everything is vectorised over images and truths (fixed shapes, masks,
-scatter), so it runs in-graph under XLA.
+Built from `keras_yolo.assign.matching` (`best_anchor` with darknet's tie
+rule, centre cells, `scatter_slots`); vectorised over images and truths, so
+it runs in-graph under XLA.
 """
 
 import tensorflow as tf
 
+from keras_yolo import boxes as box_ops
+from keras_yolo.assign import matching
 
-def shape_iou(wh1, wh2):
-    """IoU of boxes of sizes `wh1` and `wh2` sharing one centre.
-
-    Args:
-        wh1: `(..., 2)` widths and heights.
-        wh2: `(..., 2)`, broadcastable against `wh1`.
-
-    Returns:
-        `(...)` = min(w1, w2) min(h1, h2) / (w1 h1 + w2 h2 - min(w1, w2) min(h1, h2)),
-        0 where both boxes are empty.
-
-    Example:
-        >>> shape_iou([[2., 2.]], [[1., 4.]])   # [1 * 2 / (4 + 4 - 2)] = [1/3]
-    """
-    wh1 = tf.convert_to_tensor(wh1, tf.float32)
-    wh2 = tf.convert_to_tensor(wh2, tf.float32)
-    inter = (tf.minimum(wh1[..., 0], wh2[..., 0])
-             * tf.minimum(wh1[..., 1], wh2[..., 1]))
-    union = wh1[..., 0] * wh1[..., 1] + wh2[..., 0] * wh2[..., 1] - inter
-    return tf.math.divide_no_nan(inter, union)
-
-
-def best_anchor(truth_wh, anchors):
-    """Index of the best of all anchors for each truth, by `shape_iou`.
-
-    Args:
-        truth_wh: `(B, M, 2)` truth sizes, in the units of `anchors`.
-        anchors: `(K, 2)` all anchors of all levels (darknet's `l.total`).
-
-    Returns:
-        `(B, M)` int32 in `[0, K)`; ties go to the lowest index (darknet's
-        strict `iou > best_iou` scan).
-    """
-    ious = shape_iou(truth_wh[:, :, None, :], anchors[None, None, :, :])
-    return _first_argmax(ious)
-
-
-def _first_argmax(values):
-    """argmax over the last axis, the lowest index among equal maxima."""
-    count = tf.shape(values)[-1]
-    is_max = values >= tf.reduce_max(values, axis=-1, keepdims=True)
-    return tf.reduce_min(tf.where(is_max, tf.range(count), count), axis=-1)
+# Old names (kept until the v3 loss reads keras_yolo.assign.matching).
+shape_iou = matching.shape_iou
+best_anchor = matching.best_anchor
 
 
 def _mask_lookup(anchor_index, mask):
@@ -93,83 +57,40 @@ def assign_level(boxes, labels, anchor_index, mask, grid_shape, num_classes):
     """
     height, width = grid_shape
     num_anchors = len(mask)
-    # Static sizes when known (a fixed padding), run-time ones otherwise
-    # (`padded_batch`, a relaxed retrace): both give the same graph values.
-    batch, max_truths = boxes.shape[0], boxes.shape[1]
-    if batch is None:
-        batch = tf.shape(boxes)[0]
-    if max_truths is None:
-        max_truths = tf.shape(boxes)[1]
     position = _mask_lookup(anchor_index, mask)
     assigned = (labels >= 0) & (position >= 0)
-    col = tf.cast(tf.floor(boxes[..., 0] * tf.cast(width, tf.float32)),
-                  tf.int32)
-    row = tf.cast(tf.floor(boxes[..., 1] * tf.cast(height, tf.float32)),
-                  tf.int32)
-    col = tf.clip_by_value(col, 0, width - 1)
-    row = tf.clip_by_value(row, 0, height - 1)
+    row, col = matching.centre_cells(boxes[..., :2], grid_shape)
     slot = (row * width + col) * num_anchors + tf.maximum(position, 0)
-    # A truth is overwritten by any later truth of its image on its slot.
-    later = tf.range(max_truths)[None, :] > tf.range(max_truths)[:, None]
-    same = (slot[:, :, None] == slot[:, None, :]) & assigned[:, None, :]
-    overwritten = tf.reduce_any(same & later[None], axis=-1)
-    kept = assigned & ~overwritten
-
-    cells = height * width * num_anchors
-    flat = tf.range(batch)[:, None] * cells + slot
-    flat = tf.reshape(tf.where(assigned, flat, 0), [-1, 1])
-    total = batch * cells
+    slots = height * width * num_anchors
 
     def scatter(values, keep):
-        values = tf.cast(values, tf.float32) * tf.cast(keep, tf.float32)[..., None]
-        values = tf.reshape(values, [-1, values.shape[-1]])
-        out = tf.scatter_nd(flat, values, [total, values.shape[-1]])
-        return tf.reshape(out, [batch, height, width, num_anchors, -1])
+        grid, written = matching.scatter_slots(
+            tf.cast(values, tf.float32), slot, assigned, slots, keep=keep)
+        return tf.reshape(grid, [-1, height, width, num_anchors,
+                                 values.shape[-1]]), written
 
-    one_hot = tf.one_hot(tf.maximum(labels, 0), num_classes)
-    responsible = scatter(tf.ones_like(boxes[..., :1]), kept)[..., 0]
+    written, responsible = scatter(boxes, "last")
+    classes, _ = scatter(tf.one_hot(tf.maximum(labels, 0), num_classes), "sum")
     return {
-        "responsible": responsible,
-        "boxes": scatter(boxes, kept),
-        "classes": tf.minimum(scatter(one_hot, assigned), 1.0),
+        "responsible": tf.reshape(responsible, [-1, height, width,
+                                                num_anchors]),
+        "boxes": written,
+        "classes": tf.minimum(classes, 1.0),
     }
 
 
 def best_truth(pred_boxes, truth_boxes, labels):
-    """Best overlapping truth of every predicted box.
-
-    Args:
-        pred_boxes: `(B, N, 4)` decoded predictions, `rel_center_xywh`.
-        truth_boxes: `(B, M, 4)` truths, `rel_center_xywh`.
-        labels: `(B, M)`, -1 for padding.
-
-    Returns:
-        `(best_iou (B, N), best_index (B, N))`: the largest IoU with a real
-        truth (0 when there is none) and the lowest index reaching it.
-    """
-    ious = pairwise_iou(pred_boxes, truth_boxes)
-    ious = tf.where((labels >= 0)[:, None, :], ious, 0.0)
-    return tf.reduce_max(ious, axis=-1), _first_argmax(ious)
+    """Old name (kept until the v3 loss switches) of
+    `keras_yolo.assign.matching.best_truth_iou(pred, truth, labels >= 0)`."""
+    return matching.best_truth_iou(pred_boxes, truth_boxes, labels >= 0)
 
 
 def pairwise_iou(boxes1, boxes2):
-    """IoU of `(B, N, 4)` x `(B, M, 4)` `rel_center_xywh` boxes -> `(B, N, M)`.
-
-    Computed as darknet's `box_iou` (overlap of the centre-size intervals),
-    in float32.
-    """
-    b1 = boxes1[:, :, None, :]
-    b2 = boxes2[:, None, :, :]
-
-    def overlap(c1, s1, c2, s2):
-        return (tf.minimum(c1 + s1 / 2, c2 + s2 / 2)
-                - tf.maximum(c1 - s1 / 2, c2 - s2 / 2))
-
-    ow = overlap(b1[..., 0], b1[..., 2], b2[..., 0], b2[..., 2])
-    oh = overlap(b1[..., 1], b1[..., 3], b2[..., 1], b2[..., 3])
-    inter = tf.where((ow > 0) & (oh > 0), ow * oh, 0.0)
-    union = b1[..., 2] * b1[..., 3] + b2[..., 2] * b2[..., 3] - inter
-    return tf.math.divide_no_nan(inter, union)
+    """Old name (kept until the v3 loss switches): `(B, N, 4) x (B, M, 4)
+    -> (B, N, M)` darknet `box_iou`, `keras_yolo.boxes.iou(..., pairwise=True,
+    convention="darknet")`."""
+    return box_ops.iou(boxes1, boxes2, "rel_center_xywh", "iou",
+                       pairwise=True, convention="darknet")
 
 
 def ignore_mask(best_iou, ignore_thresh):

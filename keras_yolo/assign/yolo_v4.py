@@ -11,33 +11,15 @@ maximum on ties) and a truth lands in the cell that holds its centre,
 `i = floor(x * W)`, `j = floor(y * H)` on each level. With `iou_thresh >= 1`
 only the best anchor is responsible (YOLOv3's rule).
 
-Everything is fixed-size tensor algebra (no loop over boxes or images), so it
-runs under `tf.function(jit_compile=True)`.
+Built from `keras_yolo.assign.matching` (`shape_iou`, `best_anchor` with
+darknet's tie rule, `centre_cells`). Everything is fixed-size tensor algebra
+(no loop over boxes or images), so it runs under
+`tf.function(jit_compile=True)`.
 """
 
 import tensorflow as tf
 
-
-def anchor_shape_iou(truth_wh, anchor_wh):
-    """IoU of boxes sharing one centre: `min(w)min(h) / (w h + w' h' - min(w)min(h))`.
-
-    Args:
-        truth_wh: `(..., 2)` truth sizes.
-        anchor_wh: `(K, 2)` anchor sizes, same units as `truth_wh`.
-
-    Returns:
-        `(..., K)` IoUs; 0 where both boxes are empty.
-
-    Example:
-        >>> anchor_shape_iou(tf.constant([[2., 2.]]), tf.constant([[1., 4.]]))
-        # [[2 / 6]]
-    """
-    truth_wh = truth_wh[..., None, :]
-    inter = tf.reduce_prod(tf.minimum(truth_wh, anchor_wh), axis=-1)
-    union = (tf.reduce_prod(truth_wh, axis=-1)
-             + tf.reduce_prod(anchor_wh, axis=-1) - inter)
-    safe = union > 0
-    return tf.where(safe, inter / tf.where(safe, union, 1.0), 0.0)
+from keras_yolo.assign import matching
 
 
 def assign(boxes, valid, anchors, grid_shapes, image_shape, iou_thresh):
@@ -71,8 +53,8 @@ def assign(boxes, valid, anchors, grid_shapes, image_shape, iou_thresh):
     width = tf.cast(image_shape[1], tf.float32)
     # Anchors as fractions of the image, like the truths (darknet: biases / net.w).
     flat_anchors = tf.reshape(anchors, (-1, 2)) / tf.stack([width, height])
-    shape_iou = anchor_shape_iou(boxes[..., 2:4], flat_anchors)  # (B, M, L*A)
-    best = tf.argmax(shape_iou, axis=-1, output_type=tf.int32)
+    shape_iou = matching.shape_iou(boxes[..., None, 2:4], flat_anchors)
+    best = matching.best_anchor(boxes[..., 2:4], flat_anchors)  # (B, M)
     is_best = tf.one_hot(best, num_levels * num_anchors, on_value=True,
                          off_value=False)
     mask = is_best
@@ -82,9 +64,7 @@ def assign(boxes, valid, anchors, grid_shapes, image_shape, iou_thresh):
     mask = tf.reshape(mask, tf.concat([tf.shape(mask)[:2],
                                        [num_levels, num_anchors]], 0))
     cells = []
-    for grid_h, grid_w in grid_shapes:  # levels: a static, tiny Python loop
-        col = tf.cast(tf.floor(boxes[..., 0] * tf.cast(grid_w, tf.float32)), tf.int32)
-        row = tf.cast(tf.floor(boxes[..., 1] * tf.cast(grid_h, tf.float32)), tf.int32)
-        cells.append(tf.stack([tf.clip_by_value(row, 0, grid_h - 1),
-                               tf.clip_by_value(col, 0, grid_w - 1)], -1))
+    for grid_shape in grid_shapes:  # levels: a static, tiny Python loop
+        cells.append(tf.stack(matching.centre_cells(boxes[..., :2], grid_shape),
+                              axis=-1))
     return {"mask": mask, "cells": tf.stack(cells, axis=2), "best": best}
