@@ -62,6 +62,9 @@ class YoloV8Loss(YoloLoss):
     masked when compiled). Pixel formats are read against the input size
     `(H_0 s_0, W_0 s_0)`. B, M and the grid may be known only at run time;
     the assignment is dense `(B, M, N)` (N anchor points), so keep M tight.
+    A row is a truth when its label is >= 0 (ultralytics tests that its
+    corner coordinates sum to more than 0, which every box its loader
+    clips to the image passes).
 
     Args:
         num_classes: C.
