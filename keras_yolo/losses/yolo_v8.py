@@ -8,8 +8,8 @@ from keras_yolo.assign.anchor_points import (bbox2dist, dfl_expectation,
                                              dist2bbox, flatten_levels,
                                              make_anchor_points)
 from keras_yolo.assign.tal import TaskAlignedAssigner
-from keras_yolo.losses.base import (TRUTH_FORMAT, YoloLoss,
-                                    check_positive_int)
+from keras_yolo.checks import check_positive_int
+from keras_yolo.losses.base import TRUTH_FORMAT, YoloLoss
 
 STRIDES = (8, 16, 32)
 REG_MAX = 16
@@ -83,6 +83,7 @@ class YoloV8Loss(YoloLoss):
     """
 
     per_image = False
+    term_names = ("box", "cls", "dfl")
 
     def __init__(self, num_classes, reg_max=REG_MAX, strides=STRIDES,
                  bounding_box_format="rel_center_xywh", box=7.5, cls=0.5,

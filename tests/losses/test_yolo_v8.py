@@ -359,3 +359,22 @@ def test_extreme_raw_outputs_give_finite_loss_and_gradients(scale):
     assert np.isfinite(float(total)) and float(total) > 0
     for g in tape.gradient(total, levels):
         assert np.all(np.isfinite(g.numpy()))
+
+
+def test_fit_logs_box_cls_and_dfl():
+    """YoloModel logs the terms the loss declares: box, cls, dfl (no obj)."""
+    from keras_yolo.models.yolo_model import YoloModel
+
+    inputs = keras.Input((64, 64, 3))
+    levels = [keras.layers.Conv2D(4 * REG_MAX + 3, 1, strides=s)(inputs)
+              for s in STRIDES]
+    model = YoloModel(inputs, levels)
+    model.compile(keras.optimizers.SGD(1e-3), loss=YoloV8Loss(num_classes=3))
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 64, 64, 3)).astype(np.float32)
+    boxes, labels = padded_truths(rng, (2, 0, 1, 3), 4, 3)
+    history = model.fit(images, {"boxes": boxes, "labels": labels},
+                        batch_size=2, epochs=1, verbose=0).history
+    assert {"box", "cls", "dfl"} <= set(history) and "obj" not in history
+    total = history["box"][0] + history["cls"][0] + history["dfl"][0]
+    np.testing.assert_allclose(history["loss"][0], total, rtol=1e-5)
