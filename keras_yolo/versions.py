@@ -3,7 +3,7 @@ know of each YOLO version, in one record per version.
 
     >>> from keras_yolo import versions
     >>> versions.names()
-    ('v1', 'v2', 'v3', 'v4', 'v5')
+    ('v1', 'v2', 'v3', 'v4', 'v5', 'v8')
     >>> v5 = versions.get("v5")
     >>> v5.loss, v5.decode                 # (YoloV5Loss, YoloV5Decode)
     >>> head = v5.head_arguments(image_size=320)     # {"anchors", "strides"}
@@ -176,9 +176,10 @@ class Version:
     def hyperparameter_names(self):
         """The loss's own hyperparameters: its `__init__` keywords other than
         the head arguments, format and Keras' (name, reduction, dtype)."""
-        skip = {"self", "num_classes", "anchors", "strides", "grid_size",
-                "boxes_per_cell", "bounding_box_format", "image_shape",
-                "name", "reduction", "dtype", "kwargs", "parametrization"}
+        skip = {"self", "num_classes", "anchors", "strides",
+                "bounding_box_format", "image_shape", "name", "reduction",
+                "dtype", "kwargs"}
+        skip |= set(self.head_arguments(self.reference_size or 640))
         return tuple(p for p in _parameters(self.loss) if p not in skip)
 
 
@@ -377,6 +378,9 @@ def _register_builtins():
     from keras_yolo.models.yolov3 import yolov3, yolov3_tiny
     from keras_yolo.models.yolov4 import yolov4, yolov4_tiny
     from keras_yolo.models.yolov5 import YOLOV5_MULTIPLES, yolov5
+    from keras_yolo.layers.yolo_v8_decode import YoloV8Decode
+    from keras_yolo.losses.yolo_v8 import YoloV8Loss
+    from keras_yolo.models.yolov8 import REG_MAX, YOLOV8_SCALES, small_v8, yolov8
 
     def v1_head(image_size, strides, anchors, model):
         if anchors is not None:
@@ -453,6 +457,21 @@ def _register_builtins():
             (640, 640, 3), (8, 16, 32), published.YOLOV5_ANCHORS)
             for size, (depth, width) in YOLOV5_MULTIPLES.items()},
         loss_defaults=v5_gains, autoanchor=True))
+    # Anchor-free: the head's strides and DFL bins; the loss's own defaults
+    # are ultralytics 8's gains. NMS: ultralytics 8 predict / val (IoU 0.7).
+    register(Version(
+        "v8", YoloV8Loss, YoloV8Decode,
+        small_model=lambda num_classes, image_size: small_v8(
+            num_classes, input_size=image_size),
+        head=lambda image_size, strides, anchors, model: {
+            "strides": tuple(strides), "reg_max": REG_MAX},
+        models={f"yolov8{size}": ModelSpec(
+            functools.partial(yolov8, depth_multiple=depth,
+                              width_multiple=width, max_channels=channels),
+            (640, 640, 3), (8, 16, 32))
+            for size, (depth, width, channels) in YOLOV8_SCALES.items()},
+        serving_nms={"conf_thres": 0.25, "iou_thres": 0.7, "max_det": 300},
+        eval_nms={"conf_thres": 0.001, "iou_thres": 0.7, "max_det": 300}))
 
 
 _register_builtins()

@@ -1,7 +1,8 @@
-"""`python -m serving convert`: a darknet or yolov5 file to a `.keras` model.
+"""`python -m serving convert`: a darknet, yolov5 or yolov8 file to a `.keras` model.
 
     python -m serving convert --from darknet --cfg yolov3.cfg --weights yolov3.weights --out yolov3.keras
     python -m serving convert --from yolov5 --checkpoint yolov5s.pt --out yolov5s.keras [--npz yolov5s.npz]
+    python -m serving convert --from yolov8 --checkpoint yolov8n.pt --out yolov8n.keras
     python -m serving convert ... --out m.keras --export exported/   # + SavedModel and TFLite
 
 Writes the model (raw head outputs, keras-yolo's layout) to `--out` and its
@@ -22,17 +23,17 @@ import numpy as np
 def add_parser(subparsers):
     """Registers the `convert` subcommand on an argparse subparsers object."""
     parser = subparsers.add_parser(
-        "convert", help="convert darknet .cfg/.weights or a yolov5 checkpoint to .keras",
+        "convert", help="convert darknet .cfg/.weights or a yolov5 / yolov8 checkpoint to .keras",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", required=True, choices=("darknet", "yolov5"),
+    parser.add_argument("--from", dest="source", required=True, choices=("darknet", "yolov5", "yolov8"),
                         help="format of the input files")
     parser.add_argument("--cfg", help="darknet .cfg (with --from darknet)")
     parser.add_argument("--weights", help="darknet .weights (with --from darknet)")
     parser.add_argument("--flavor", default="auto", choices=("auto", "pjreddie", "alexeyab"),
                         help="darknet implementation the weights come from (batch-norm epsilon, "
                              "reorg order); auto: AlexeyAB when the cfg uses its features")
-    parser.add_argument("--checkpoint", help="yolov5 .pt or .npz (with --from yolov5)")
-    parser.add_argument("--npz", help="also write the yolov5 state dict here (loads without torch)")
+    parser.add_argument("--checkpoint", help="yolov5 / yolov8 .pt or .npz (with --from yolov5 / yolov8)")
+    parser.add_argument("--npz", help="also write the checkpoint's state dict here (loads without torch)")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                         help="input size of the Keras model (default: the cfg's, or 640 640)")
     parser.add_argument("--out", required=True, help="output .keras file")
@@ -92,8 +93,19 @@ def convert(source, out, *, cfg=None, weights=None, flavor="auto", checkpoint=No
         input_shape = (*(input_size or (640, 640)), 3)
         log(f"yolov5 {checkpoint} at {input_shape}")
         model = load_yolov5(npz or checkpoint, input_shape=input_shape)
+    elif source == "yolov8":
+        from keras_yolo.weights import export_yolov5_npz, load_yolov8
+
+        if not checkpoint:
+            raise ValueError("--from yolov8 needs --checkpoint")
+        if npz:
+            export_yolov5_npz(checkpoint, npz)   # any state dict
+            log(f"state dict written to {npz}")
+        input_shape = (*(input_size or (640, 640)), 3)
+        log(f"yolov8 {checkpoint} at {input_shape}")
+        model = load_yolov8(npz or checkpoint, input_shape=input_shape)
     else:
-        raise ValueError(f"source={source!r} must be 'darknet' or 'yolov5'")
+        raise ValueError(f"source={source!r} must be 'darknet', 'yolov5' or 'yolov8'")
     # decode.json is the decode layer's own config (keras_yolo.versions);
     # the importer's description of the source stays with it.
     config = versions.decode_config(

@@ -82,7 +82,11 @@ def _trainable(model):
 
 
 def test_every_named_model_is_registered():
-    assert set(models.available_models()) == set(DARKNET_PARAMETERS) | set(ULTRALYTICS_PARAMETERS)
+    # yolov8n..x: their counts are tested in tests/models/test_yolov8.py.
+    from keras_yolo.models.yolov8 import YOLOV8_SCALES
+
+    assert set(models.available_models()) == (set(DARKNET_PARAMETERS) | set(ULTRALYTICS_PARAMETERS)
+                                             | {f"yolov8{size}" for size in YOLOV8_SCALES})
 
 
 @pytest.mark.parametrize("name", sorted(DARKNET_PARAMETERS))

@@ -648,3 +648,34 @@ def test_class_names_come_from_the_run_directory_or_a_file(tmp_path):
     broken.write_text("[")
     with pytest.raises(ValueError, match="broken.json: not valid JSON"):
         load_class_names(2, str(broken))
+
+
+def test_convert_from_yolov8_writes_the_decode_layers_config(tmp_path):
+    """`python -m serving convert --from yolov8`: the reloaded model and the decoder built from its decode.json
+    give the importer's own decoding of the checkpoint."""
+    from conftest import require_peer
+
+    torch = require_peer("torch", "(ultralytics 8 checkpoint)")
+    tasks = require_peer("ultralytics.nn.tasks", "(ultralytics 8 checkpoint)")
+    import keras
+
+    from keras_yolo import versions
+    from keras_yolo.weights import load_yolov8
+    from serving.__main__ import main
+
+    torch.manual_seed(0)
+    state = tasks.DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval().state_dict()
+    npz = str(tmp_path / "v8n.npz")
+    np.savez(npz, **{k: v.detach().numpy() for k, v in state.items()})
+    out = str(tmp_path / "v8n.keras")
+    assert main(["convert", "--from", "yolov8", "--checkpoint", npz, "--out", out,
+                 "--input-size", "64", "64"]) == 0
+    with open(str(tmp_path / "v8n.decode.json")) as f:
+        saved = json.load(f)
+    assert (saved["version"], saved["layer"], saved["num_classes"]) == ("v8", "YoloV8Decode", 2)
+    reference = load_yolov8(npz, input_shape=(64, 64, 3))
+    images = np.random.default_rng(0).uniform(size=(1, 64, 64, 3)).astype("float32")
+    expected = versions.decode_layer(reference.decode_config, "xyxy")(reference(images))
+    actual = versions.decode_layer(saved, "xyxy")(keras.saving.load_model(out)(images))
+    for key in ("boxes", "objectness", "class_probs"):
+        np.testing.assert_array_equal(np.asarray(actual[key]), np.asarray(expected[key]))

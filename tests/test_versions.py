@@ -162,3 +162,26 @@ def test_v5_loss_hyperparameters_are_scaled_as_train_py_does():
     assert versions.get("v3").loss_arguments(4, 320, 3, {"ignore_thresh": 0.6}) == {"ignore_thresh": 0.6}
     with pytest.raises(ValueError, match="lambda_coord"):
         versions.get("v5").loss_arguments(4, 320, 3, {"lambda_coord": 1.0})
+
+
+def test_v8_is_one_registry_entry_from_recipe_to_decode_config():
+    from training import recipes
+
+    recipe = recipes.make_recipe("v8", num_classes=2, image_size=SIZE)
+    assert recipe.head == {"strides": (8, 16, 32), "reg_max": 16}
+    assert type(recipe.build_loss()).__name__ == "YoloV8Loss"
+    model = recipe.build_model()
+    images = np.random.default_rng(0).uniform(size=(1, SIZE, SIZE, 3)).astype("float32")
+    raw = model(images)
+    saved = json.loads(json.dumps(recipe.decode_config))
+    assert (saved["version"], saved["layer"], saved["num_classes"]) == ("v8", "YoloV8Decode", 2)
+    _assert_same_outputs(versions.decode_layer(saved)(raw), recipe.decode_layer()(raw))
+    # load_yolov8's model.decode_config (the older, "layer"-less form).
+    imported = {"version": "v8", "num_classes": 2, "reg_max": 16, "strides": [8, 16, 32],
+                "input_shape": [SIZE, SIZE, 3], "size": "n"}
+    _assert_same_outputs(versions.decode_layer(imported, "rel_center_xywh")(raw), recipe.decode_layer()(raw))
+    assert {"box", "cls", "dfl"} <= set(versions.get("v8").hyperparameter_names())
+    assert "reg_max" not in versions.get("v8").hyperparameter_names()
+    assert versions.get("v8").eval_nms["iou_thres"] == 0.7
+    with pytest.raises(ValueError, match="no anchors"):
+        recipes.make_recipe("v8", 2, SIZE, anchors=[[[1, 1]]])

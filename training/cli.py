@@ -48,7 +48,9 @@ def _dataset(args, split, augment_options=None):
         format=getattr(args, "format", None),
         on_error=getattr(args, "on_error", "raise"), seed=args.seed,
         cache=getattr(args, "cache", None), shuffle=training,
-        augment_options=augment_options)
+        augment_options=augment_options,
+        # Validation keeps crowd / difficult regions: mAP ignores them.
+        return_ignored=not training)
     return ds, len(ds.class_names)
 
 
@@ -405,8 +407,10 @@ def add_evaluate_parser(subparsers):
     parser.add_argument("--val-images", type=int)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--conf-thres", type=float, default=0.001)
-    parser.add_argument("--iou-thres", type=float, default=0.6)
+    parser.add_argument("--conf-thres", type=float, help="default: the "
+                        "version's evaluation NMS (v1-v5 0.001)")
+    parser.add_argument("--iou-thres", type=float, help="default: the "
+                        "version's evaluation NMS (v1-v5 0.6, v8 0.7)")
     parser.add_argument("--out", help="write the metrics JSON here "
                         "(default <run>/evaluate.json)")
     parser.set_defaults(func=run_evaluate)
@@ -468,9 +472,13 @@ def run_evaluate(args):
     model = keras.saving.load_model(model_path, compile=False)
     fmt = "rel_center_xywh"
     decode = versions.decode_layer(decode_config, fmt)
-    nms = NonMaxSuppression(bounding_box_format=fmt,
-                            conf_thres=args.conf_thres,
-                            iou_thres=args.iou_thres, max_det=300)
+    eval_nms = versions.get(decode_config["version"]).eval_nms
+    nms = NonMaxSuppression(
+        bounding_box_format=fmt, max_det=300,
+        conf_thres=eval_nms["conf_thres"] if args.conf_thres is None
+        else args.conf_thres,
+        iou_thres=eval_nms["iou_thres"] if args.iou_thres is None
+        else args.iou_thres)
     detect = tf.function(lambda x: nms(decode(model(x, training=False))))
     batches = batch_dataset(val_ds, args.batch_size, shuffle=False,
                             drop_remainder=False)
