@@ -10,7 +10,9 @@ A version's loss is a subclass that defines only its own parts:
   already normalised as the reference does. It may return `(terms, aux)`;
   `aux` is handed to `advance_state`.
 - `check_levels(y_pred)` (optional): validates the raw outputs, returns
-  them as a list of float32 tensors.
+  them as a list of float32 tensors. The default checks the level count
+  against `strides` and each anchor-grid level's static `(A_l, 5 + C)`
+  axes (`level_anchor_counts()`, read from `self.anchors`).
 - `input_image_shape(levels)` (optional): `(height, width)` of the input
   image, for pixel box formats. Default: level 0's grid times `strides[0]`.
 - `advance_state(truth, levels, aux)` (optional): assigns the loss's state
@@ -40,6 +42,16 @@ and refuses the others with a ValueError naming the argument. Unlike
 Keras' built-in losses the value is not divided by the number of replicas
 of a distribution strategy; `YoloModel` does that.
 
+Which kind each version is, and why (the default always reproduces the
+reference's normalisation):
+
+    v1, v2, v3, v4   per image    darknet and the seeds sum each image's
+                                  cells; the batch mean is the default
+    v5, v8           batch-level  ultralytics divides by the batch's
+                                  positives (v5 also averages objectness
+                                  over all cells of the batch): per-image
+                                  totals would change those divisors
+
 Example:
     >>> class MyLoss(YoloLoss):
     ...     def terms(self, truth, levels):
@@ -65,6 +77,11 @@ PER_IMAGE_REDUCTIONS = ("none", "mean_with_sample_weight")
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum") + PER_IMAGE_REDUCTIONS
 # Format every loss works in after ground-truth preparation.
 TRUTH_FORMAT = "rel_center_xywh"
+# B, H, W and the box count M may be unknown until run time; these may not.
+STATIC_AXES_HINT = (
+    " Only the anchor and channel axes must be static (B, H, W and the box "
+    "count may be None): give the head's reshape, or the tf.function "
+    "input_signature, those two sizes.")
 
 
 class GroundTruth(NamedTuple):
@@ -179,8 +196,13 @@ class YoloLoss(keras.losses.Loss):
             f"{type(self).__name__} must define `terms(truth, levels)`.")
 
     def check_levels(self, y_pred):
-        """The raw outputs as a list of float32 tensors; raises a ValueError
-        naming `y_pred` when their number or shapes are wrong."""
+        """The raw outputs as a list of float32 tensors.
+
+        Checks their number against `strides` and, for an anchor-grid loss
+        (`level_anchor_counts()` not None), that level l is
+        `(B, H, W, A_l, 5 + C)` with the last two axes static. Raises a
+        ValueError naming `y_pred[l]`.
+        """
         levels = list(y_pred) if isinstance(y_pred, (list, tuple)) else [
             y_pred]
         strides = getattr(self, "strides", None)
@@ -188,7 +210,25 @@ class YoloLoss(keras.losses.Loss):
             raise ValueError(
                 f"`y_pred` must be a list of {len(strides)} levels (strides "
                 f"{tuple(strides)}); got {len(levels)}.")
-        return [tf.cast(level, tf.float32) for level in levels]
+        levels = [tf.cast(level, tf.float32) for level in levels]
+        counts = self.level_anchor_counts()
+        if counts is None:
+            return levels
+        depth = 5 + self.num_classes
+        for level, (raw, count) in enumerate(zip(levels, counts)):
+            if raw.shape.rank != 5 or tuple(raw.shape[3:]) != (count, depth):
+                raise ValueError(
+                    f"`y_pred[{level}]` must be (B, H, W, {count}, {depth}) "
+                    f"({count} anchors of level {level}, 5 + num_classes="
+                    f"{self.num_classes} channels); got shape "
+                    f"{tuple(raw.shape)}." + STATIC_AXES_HINT)
+        return levels
+
+    def level_anchor_counts(self):
+        """Anchors per cell of each level, from `self.anchors`
+        `(levels, A, 2)`; None for a loss without anchors."""
+        anchors = getattr(self, "anchors", None)
+        return None if anchors is None else [len(a) for a in anchors]
 
     def input_image_shape(self, levels):
         """`(height, width)` of the input image: level 0's grid times

@@ -20,11 +20,6 @@ OFFSET_EPSILON = 1e-3
 # zero-size box's target finite instead of -inf.
 MIN_BOX_SIZE = 1e-6
 COORD_GATES = ("anchor", "prediction", None)
-# B, H, W and the box count M may be unknown until run time; these may not.
-STATIC_AXES_HINT = (
-    " Only the anchor and channel axes must be static (B, H, W and the box "
-    "count may be None): give the head's reshape, or the tf.function "
-    "input_signature, those two sizes.")
 
 
 def _bce(targets, logits):
@@ -187,26 +182,8 @@ class YoloV3Loss(YoloLoss):
                  "cls": self.lambda_class}
         return {k: scale[k] * v for k, v in totals.items()}
 
-    def check_levels(self, y_pred):
-        if not isinstance(y_pred, (list, tuple)) or len(y_pred) != len(
-                self.strides):
-            raise ValueError(
-                f"`y_pred` must be a list of {len(self.strides)} levels "
-                f"(ascending stride {self.strides}); got "
-                f"{type(y_pred).__name__}"
-                + (f" of length {len(y_pred)}" if isinstance(
-                    y_pred, (list, tuple)) else "") + ".")
-        out = []
-        for level, (raw, mask) in enumerate(zip(y_pred, self.masks)):
-            raw = tf.cast(raw, tf.float32)
-            want = (len(mask), 5 + self.num_classes)
-            if raw.shape.rank != 5 or tuple(raw.shape[3:]) != want:
-                raise ValueError(
-                    f"`y_pred[{level}]` must be (B, H, W, {want[0]}, "
-                    f"{want[1]}) for {self.num_classes} classes; got "
-                    f"{tuple(raw.shape)}." + STATIC_AXES_HINT)
-            out.append(raw)
-        return out
+    def level_anchor_counts(self):
+        return [len(mask) for mask in self.masks]
 
     def _level(self, raw, level, boxes, labels, best):
         mask = self.masks[level]
