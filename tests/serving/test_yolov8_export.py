@@ -89,3 +89,42 @@ def test_tflite_gives_the_keras_detections(exported, images, expected):
         got = runner(images=image[None].astype(np.float32) / 255)   # boxes of the network input, unclipped
         got["boxes"] = got["boxes"].clip(0, SIZE)
         _assert_same(got, {k: v[i:i + 1] for k, v in expected.items()}, f"tflite {i}")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(*args, timeout=1800):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_cli_trains_evaluates_and_exports_v8(tmp_path):
+    import json
+
+    run = str(tmp_path / "run")
+    _run("training", "train", "--version", "v8", "--data", "shapes", "--image-size", "64",
+         "--train-images", "32", "--val-images", "16", "--epochs", "1", "--batch-size", "8", "--out", run)
+    with open(os.path.join(run, "model.decode.json")) as f:
+        decode = json.load(f)
+    assert (decode["version"], decode["layer"], decode["reg_max"], decode["num_classes"]) == (
+        "v8", "YoloV8Decode", 16, 3)
+    with open(os.path.join(run, "metrics.json")) as f:
+        trained = json.load(f)
+    _run("training", "evaluate", "--run", run, "--image-size", "64", "--val-images", "16")
+    with open(os.path.join(run, "evaluate.json")) as f:
+        evaluated = json.load(f)
+    assert evaluated["num_images"] == 16
+    assert evaluated["map50"] == pytest.approx(trained["map50"], abs=1e-6)
+    out = str(tmp_path / "export")
+    _run("serving", "export", "--model", os.path.join(run, "model.keras"), "--out", out, "--tflite", "fp32")
+    with open(os.path.join(out, "export.json")) as f:
+        assert json.load(f)["decode"]["version"] == "v8"
+    loaded = tf.saved_model.load(os.path.join(out, "saved_model"))
+    result = loaded.signatures["serving_tensor"](images=tf.zeros((1, 80, 48, 3)))
+    assert result["boxes"].shape[-1] == 4 and result["num_detections"].shape == (1,)
+    assert os.path.exists(os.path.join(out, "model_fp32.tflite"))

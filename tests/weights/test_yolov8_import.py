@@ -105,13 +105,13 @@ def test_raw_head_outputs_match_ultralytics(torch, torch_model, keras_model, ima
 
 def test_decoded_boxes_match_ultralytics_detect(torch, torch_model, keras_model, images):
     """Imported weights + YoloV8Decode = Detect in eval mode: (B, 4 + C, N), centre xywh pixels then sigmoid classes."""
+    from keras_yolo import versions
     from keras_yolo.layers import YoloV8Decode
 
     decoded, _ = _run(torch, torch_model, images)
     expected = decoded.numpy().transpose(0, 2, 1)
-    config = keras_model.decode_config
-    decode = YoloV8Decode(strides=config["strides"], reg_max=config["reg_max"],
-                          num_classes=config["num_classes"], bounding_box_format="center_xywh")
+    decode = versions.decode_layer(keras_model.decode_config, "center_xywh")   # as serving builds it
+    assert isinstance(decode, YoloV8Decode) and decode.num_classes == NUM_CLASSES
     out = decode(keras_model(images))
     _assert_close(out["boxes"], expected[..., :4], "boxes (pixels)")
     _assert_close(out["class_probs"], expected[..., 4:], "class probabilities")
