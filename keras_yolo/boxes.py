@@ -25,11 +25,6 @@ CONVENTIONS = ("stable", "darknet", "ultralytics", "ultralytics8")
 EPSILON = 1e-7
 
 
-def _check_format(name, value):
-    # Old private spelling, kept until every loss imports keras_yolo.checks.
-    check_format(value, name)
-
-
 # Base format -> (to corners, from corners), each on the four coordinates.
 _CORNERS = {
     "xyxy": (lambda a, b, c, d: (a, b, c, d),

@@ -79,14 +79,6 @@ def cell_targets(boxes, labels, grid_size, num_classes):
             "classes": per_cell[..., 4:]}
 
 
-def darknet_iou(boxes1, boxes2):
-    """Old name (kept until the v1 loss switches) of `keras_yolo.boxes.iou(
-    boxes1, boxes2, "rel_center_xywh", "iou", convention="darknet")`:
-    darknet's `box_iou`, which also computes for negative widths."""
-    return box_ops.iou(boxes1, boxes2, "rel_center_xywh", "iou",
-                       convention="darknet")
-
-
 def responsible_predictor(pred_boxes, truth_boxes, grid_size):
     """Chooses the responsible box of each cell (the seed's 1^obj_ij).
 

@@ -63,11 +63,6 @@ def truths_in_cells(boxes, labels, bounding_box_format, grid_shape, stride,
     return {"rel": rel, "valid": valid, "cell_x": cell_x, "cell_y": cell_y}
 
 
-# Old names (kept until the v2 loss reads keras_yolo.assign.matching).
-shape_iou = matching.shape_iou
-best_anchor = matching.best_anchor
-
-
 def scatter_to_grid(values, valid, cell_y, cell_x, anchor, grid_shape,
                     num_anchors):
     """Writes per-truth rows onto the `(H, W, A)` grid, the last truth winning.
@@ -148,17 +143,3 @@ def assign(boxes, labels, anchors, grid_shape, stride,
         "rel": rel,
         "valid": valid,
     }
-
-
-def center_iou(boxes1, boxes2):
-    """Old name (kept until the v2 loss switches): darknet's `box_iou` of
-    broadcastable `(..., 4)` centre boxes, `keras_yolo.boxes.iou(...,
-    convention="darknet")`."""
-    return box_ops.iou(boxes1, boxes2, "rel_center_xywh", "iou",
-                       convention="darknet")
-
-
-def best_truth_iou(pred_rel, truth_rel, valid):
-    """Old name (kept until the v2 loss switches): the best IoU of
-    `keras_yolo.assign.matching.best_truth_iou`."""
-    return matching.best_truth_iou(pred_rel, truth_rel, valid)[0]

@@ -15,11 +15,9 @@ it runs in-graph under XLA.
 
 import tensorflow as tf
 
-from keras_yolo import boxes as box_ops
 from keras_yolo.assign import matching
 
-# Old names (kept until the v3 loss reads keras_yolo.assign.matching).
-shape_iou = matching.shape_iou
+# Old name, read by tests/test_v3.py (keras_yolo.assign.matching.best_anchor).
 best_anchor = matching.best_anchor
 
 
@@ -77,20 +75,6 @@ def assign_level(boxes, labels, anchor_index, mask, grid_shape, num_classes):
         "boxes": written,
         "classes": tf.minimum(classes, 1.0),
     }
-
-
-def best_truth(pred_boxes, truth_boxes, labels):
-    """Old name (kept until the v3 loss switches) of
-    `keras_yolo.assign.matching.best_truth_iou(pred, truth, labels >= 0)`."""
-    return matching.best_truth_iou(pred_boxes, truth_boxes, labels >= 0)
-
-
-def pairwise_iou(boxes1, boxes2):
-    """Old name (kept until the v3 loss switches): `(B, N, 4) x (B, M, 4)
-    -> (B, N, M)` darknet `box_iou`, `keras_yolo.boxes.iou(..., pairwise=True,
-    convention="darknet")`."""
-    return box_ops.iou(boxes1, boxes2, "rel_center_xywh", "iou",
-                       pairwise=True, convention="darknet")
 
 
 def ignore_mask(best_iou, ignore_thresh):

@@ -9,11 +9,11 @@ import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
 from keras_yolo import checks
-from keras_yolo.cell_grid import (MAX_LINEAR_COORDINATE, PARAMETRIZATIONS,  # noqa: F401
-                                  ensure_raw_shape, from_darknet_layout, parametrize,
-                                  resolve_options, split_raw, sqrt_sigmoid,
-                                  to_darknet_layout)
-from keras_yolo.checks import check_positive_int  # noqa: F401  (old home, v1 loss)
+# Old home of the cell-grid helpers, read by the v1 loss and tests/test_v1.py
+# (keras_yolo.cell_grid).
+from keras_yolo.cell_grid import (MAX_LINEAR_COORDINATE, ensure_raw_shape,  # noqa: F401
+                                  from_darknet_layout, parametrize, resolve_options,
+                                  split_raw, to_darknet_layout)
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
@@ -130,10 +130,3 @@ class YoloV1Decode(keras.layers.Layer):
             parametrization=self.parametrization, sqrt=self.sqrt,
             softmax=self.softmax)
         return config
-
-
-def check_format(bounding_box_format, image_shape):
-    """Old name (kept until the v1 loss switches): `checks.check_format` and
-    `checks.check_image_shape`."""
-    checks.check_format(bounding_box_format)
-    checks.check_image_shape(bounding_box_format, image_shape)

@@ -1,32 +1,13 @@
 """`YoloV2Decode`: a YOLOv2 head output to boxes, objectness and class probabilities."""
 
 import keras
-import numpy as np
 
 from keras_yolo import anchors as default_anchors
 from keras_yolo import grid
 from keras_yolo.layers.anchor_grid_decode import AnchorGridDecode
 
-# Kept for the modules that import it from here until they read keras_yolo.grid.
+# Old home, read by tests/test_v2_dynamic.py (keras_yolo.grid.MAX_LOG_SCALE).
 MAX_LOG_SCALE = grid.MAX_LOG_SCALE
-
-
-def check_v2_anchors(anchors, strides):
-    """`(1, A, 2)` pixel anchors and `strides=(s,)` -> `(A, 2)` list, stride."""
-    return grid.single_level_anchors(anchors, strides)
-
-
-def anchor_sizes(t_wh, anchors_cells):
-    """Old name of `keras_yolo.grid.box_sizes` (kept until the v2 loss switches)."""
-    return grid.box_sizes(t_wh, anchors_cells)
-
-
-def decode_v2(raw, anchors_cells):
-    """Old entry point (kept until the v2 loss switches): `(boxes, objectness,
-    class_probs)` of one level, anchors in grid cells."""
-    out = grid.decode_level(raw, np.asarray(anchors_cells, np.float32), 1,
-                            class_activation="softmax")
-    return out["boxes"], out["objectness"], out["class_probs"]
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")

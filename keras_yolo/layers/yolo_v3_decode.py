@@ -7,15 +7,8 @@ from keras_yolo import anchors as default_anchors
 from keras_yolo import grid
 from keras_yolo.layers.anchor_grid_decode import AnchorGridDecode
 
-# Kept for the modules that import them from here until they read keras_yolo.grid.
+# Old home, read by tests/test_multilevel_dynamic.py (keras_yolo.grid.MAX_LOG_SCALE).
 MAX_LOG_SCALE = grid.MAX_LOG_SCALE
-level_anchors = grid.level_anchors
-
-
-def decode_level(raw, anchors, stride):
-    """Old name (kept until the v3 loss switches) of
-    `keras_yolo.grid.decode_boxes(raw, anchors, stride)`."""
-    return grid.decode_boxes(raw, anchors, stride)
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")

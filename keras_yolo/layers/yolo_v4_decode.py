@@ -6,16 +6,8 @@ from keras_yolo import anchors as default_anchors
 from keras_yolo import grid
 from keras_yolo.layers.anchor_grid_decode import AnchorGridDecode
 
-# Kept for the modules that import them from here until they read keras_yolo.grid.
-YOLOV4_SCALE_X_Y = grid.YOLOV4_SCALE_X_Y
+# Old home, read by tests/test_multilevel_dynamic.py (keras_yolo.grid.MAX_LOG_SCALE).
 MAX_LOG_SCALE = grid.MAX_LOG_SCALE
-level_list = grid.level_list
-
-
-def decode_level(raw, anchors, stride, scale_x_y):
-    """Old name (kept until the v4 loss switches) of
-    `keras_yolo.grid.decode_boxes(raw, anchors, stride, scale_x_y)`."""
-    return grid.decode_boxes(raw, anchors, stride, scale_x_y)
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")
