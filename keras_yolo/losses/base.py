@@ -71,7 +71,9 @@ import tensorflow as tf
 from keras_yolo import boxes as box_ops
 from keras_yolo import checks
 from keras_yolo.assign import groundtruth
-from keras_yolo.checks import check_positive_int  # noqa: F401 - for subclasses
+# Re-exported for the losses that import them from here (v4, v5, v8).
+from keras_yolo.checks import (  # noqa: F401
+    check_non_negative, check_positive_int, check_unit_interval)
 
 PER_IMAGE_REDUCTIONS = ("none", "mean_with_sample_weight")
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum") + PER_IMAGE_REDUCTIONS
@@ -108,21 +110,6 @@ def dim(x, axis):
     """`x.shape[axis]` as a Python int when static, else a scalar tensor."""
     static = x.shape[axis]
     return static if static is not None else tf.shape(x)[axis]
-
-
-def check_unit_interval(**values):
-    """Raises a ValueError naming the first argument outside `[0, 1]`."""
-    for name, value in values.items():
-        if not 0 <= value <= 1:
-            raise ValueError(f"`{name}` must be in [0, 1]; got {value!r}.")
-
-
-def check_non_negative(**values):
-    """Raises a ValueError naming the first argument that is not `>= 0`
-    (NaN included): the weights and scales of every objective."""
-    for name, value in values.items():
-        if not value >= 0:
-            raise ValueError(f"`{name}` must be >= 0; got {value!r}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")

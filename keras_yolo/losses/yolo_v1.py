@@ -5,10 +5,8 @@ import tensorflow as tf
 
 from keras_yolo import checks
 from keras_yolo.assign import yolo_v1 as assign
-from keras_yolo.layers.yolo_v1_decode import (
-    ensure_raw_shape, parametrize, split_raw)
-from keras_yolo.losses.base import (
-    YoloLoss, check_non_negative, check_positive_int)
+from keras_yolo.cell_grid import ensure_raw_shape, parametrize, split_raw
+from keras_yolo.losses.base import YoloLoss
 
 # Darknet's cfg/yolov1.cfg [detection] section, used by darknet_compat=True
 # for every darknet argument left at None (coord_scale and noobject_scale
@@ -117,9 +115,9 @@ class YoloV1Loss(YoloLoss):
                  dtype=None):
         super().__init__(num_classes, bounding_box_format,
                          reduction=reduction, name=name, dtype=dtype)
-        check_positive_int("grid_size", grid_size)
-        check_positive_int("boxes_per_cell", boxes_per_cell)
-        check_non_negative(lambda_coord=lambda_coord,
+        checks.check_positive_int("grid_size", grid_size)
+        checks.check_positive_int("boxes_per_cell", boxes_per_cell)
+        checks.check_non_negative(lambda_coord=lambda_coord,
                            lambda_noobj=lambda_noobj)
         checks.check_image_shape(bounding_box_format, image_shape)
         darknet = dict(coord_scale=coord_scale, object_scale=object_scale,

@@ -9,8 +9,8 @@ from keras_yolo import boxes as box_ops
 from keras_yolo import grid
 from keras_yolo.assign import matching
 from keras_yolo.assign import yolo_v2 as assign_v2
-from keras_yolo.losses.base import (
-    YoloLoss, check_non_negative, check_unit_interval, dim)
+from keras_yolo.checks import check_non_negative, check_unit_interval
+from keras_yolo.losses.base import YoloLoss, dim
 
 # darknet region_layer.c: while fewer than 12800 images have been seen, every
 # predicted box is pulled towards its anchor centred in its cell, with a

@@ -9,8 +9,8 @@ from keras_yolo import boxes as box_ops
 from keras_yolo import grid
 from keras_yolo.assign import matching
 from keras_yolo.assign import yolo_v3 as assign
-from keras_yolo.losses.base import (
-    YoloLoss, check_non_negative, check_unit_interval, dim)
+from keras_yolo.checks import check_non_negative, check_unit_interval
+from keras_yolo.losses.base import YoloLoss, dim
 
 # The seed regresses the raw t_x = logit(x - c_x); a centre on a cell edge
 # would need an infinite target, so the offset is kept in [eps, 1 - eps]
