@@ -334,20 +334,6 @@ class YoloV4Loss(YoloLoss):
         self.max_boxes = int(max_boxes)
 
     # -- inputs ---------------------------------------------------------------
-    def check_levels(self, y_pred):
-        levels = super().check_levels(y_pred)
-        for l, raw in enumerate(levels):
-            want = (len(self.anchors[l]), 5 + self.num_classes)
-            if raw.shape.rank != 5 or tuple(raw.shape[-2:]) != want:
-                raise ValueError(
-                    f"`y_pred[{l}]` must be (B, H, W, {want[0]}, {want[1]}); "
-                    f"got shape {tuple(raw.shape)}. Only the anchor and "
-                    "channel axes must be static (B, H, W and the box count "
-                    "may be None): give the head's reshape, or the "
-                    "tf.function input_signature, those two sizes."
-                )
-        return levels
-
     def _truths(self, truth):
         """Truths with darknet's row limit and padded rows made harmless."""
         valid = truth.valid

@@ -242,17 +242,6 @@ class YoloV5Loss(YoloLoss):
             [float(b) for b in state], dtype="float64", trainable=False,
             name="balance_state", aggregation="only_first_replica")
 
-    def check_levels(self, y_pred):
-        levels = super().check_levels(y_pred)
-        for i, level in enumerate(levels):
-            want = (len(self.anchors[i]), 5 + self.num_classes)
-            if level.shape.rank != 5 or tuple(level.shape[-2:]) != want:
-                raise ValueError(
-                    f"`y_pred[{i}]` must be (B, H, W, {want[0]}, {want[1]}) "
-                    f"(anchors of level {i}, 5 + num_classes channels); got "
-                    f"shape {tuple(level.shape)}.")
-        return levels
-
     # -- the objective --------------------------------------------------
     def _level(self, preds, level, boxes, labels):
         """Box, objectness (unbalanced) and class terms of one level."""
