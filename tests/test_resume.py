@@ -204,7 +204,7 @@ def _nan_run(tmp_path, kind, at_step):
 
     import training
     from keras_yolo import data
-    from keras_yolo.postprocess import NonMaxSuppression
+    from keras_yolo.layers import NonMaxSuppression
 
     sys.path.insert(0, TESTS)
     from tiny_detector import TinyDecode, TinyLoss, build_tiny_model

@@ -443,3 +443,29 @@ def test_demo_command_writes_a_complete_run_and_its_export_serves(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "p.json") as f:
         assert json.load(f)[0]["image"].endswith("x.png")
+
+
+def test_sharded_multi_worker_epoch_counts_every_workers_files(monkeypatch):
+    import json
+
+    import tensorflow as tf
+
+    from training import strategy as strategy_lib
+    from training import trainer
+
+    # Each worker holds ceil(N / W) files; MWMS takes batch / W of each worker's batch per step.
+    rows = tf.data.Dataset.range(10).map(lambda i: (tf.zeros([8, 8, 3]), {"labels": tf.zeros([2], tf.int32)}))
+    assert trainer._steps_per_epoch(rows, 4, None) == 2
+    assert trainer._steps_per_epoch(rows, 4, None, shards=2) == 5
+    assert trainer._steps_per_epoch(rows, 4, 7, shards=2) == 7
+    assert trainer._file_shards(tf.distribute.get_strategy(), rows) == 1
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert strategy_lib.worker_shard() is None
+    cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+    for task, shard in ((("chief", 0), (3, 0)), (("worker", 0), (3, 1)), (("worker", 1), (3, 2))):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task[0],
+                                                                                 "index": task[1]}}))
+        assert strategy_lib.worker_shard() == shard
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["b:1", "c:1"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert strategy_lib.worker_shard() == (2, 1)

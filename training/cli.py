@@ -23,10 +23,12 @@ import os
 SHAPES_MAX_BOXES = 20
 
 
-def _dataset(args, split, augment_options=None):
+def _dataset(args, split, augment_options=None, shard=None):
     """(unbatched dataset, num_classes) of `--data` for `split`; the
     dataset's `class_names` lists the classes. `augment_options`: keywords
-    of `keras_yolo.data.augment.training_pipeline` (with --augment)."""
+    of `keras_yolo.data.augment.training_pipeline` (with --augment);
+    `shard`: `(num_workers, index)` of a multi-worker run's training split
+    (file sources: each worker reads its own files)."""
     from keras_yolo import data
 
     if args.data == "shapes":
@@ -50,7 +52,7 @@ def _dataset(args, split, augment_options=None):
         cache=getattr(args, "cache", None), shuffle=training,
         augment_options=augment_options,
         # Validation keeps crowd / difficult regions: mAP ignores them.
-        return_ignored=not training)
+        return_ignored=not training, shard=shard if training else None)
     return ds, len(ds.class_names)
 
 
@@ -316,7 +318,13 @@ def run_train(args):
     # Before any other TF op: MultiWorkerMirroredStrategy requires it.
     strategy = make_strategy(args.strategy)
     augment_options, augment_callbacks = _augment_setup(args)
-    train_ds, num_classes = _dataset(args, "train", augment_options)
+    import tensorflow as tf
+
+    from training.strategy import worker_shard
+
+    shard = (worker_shard() if isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy) else None)
+    train_ds, num_classes = _dataset(args, "train", augment_options, shard)
     val_ds, _ = _dataset(args, "val")
     args.num_classes = num_classes
     class_names = list(train_ds.class_names)

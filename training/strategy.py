@@ -46,6 +46,28 @@ def _num_workers():
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def worker_shard():
+    """`(num_workers, index)` of this process among TF_CONFIG's workers
+    (the chief first, then worker 0, 1, ...), the `shard` of
+    `keras_yolo.data.load` that gives each worker its own files; None with
+    one worker.
+
+    Example:
+        >>> # TF_CONFIG: cluster {"chief": [a], "worker": [b, c]}, task worker 1
+        >>> worker_shard()
+        (3, 2)
+    """
+    workers = _num_workers()
+    if workers < 2:
+        return None
+    kind, index, _ = task()
+    has_chief = bool(json.loads(os.environ["TF_CONFIG"]).get(
+        "cluster", {}).get("chief"))
+    if kind == "chief":
+        return workers, 0
+    return workers, index + (1 if has_chief else 0)
+
+
 def task():
     """`(type, index, is_chief)` of this process in TF_CONFIG's cluster
     (`("worker", 0, True)` without TF_CONFIG). The chief is the `chief`

@@ -268,7 +268,8 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
                                     deterministic)
     given_steps = steps_per_epoch
     steps_per_epoch = _steps_per_epoch(train_data, batch_size,
-                                       steps_per_epoch)
+                                       steps_per_epoch,
+                                       _file_shards(strategy, train_data))
     plan = _plan_schedule(
         optimizer, learning_rate, epochs, steps_per_epoch, schedule,
         warmup_epochs, final_fraction, min_warmup_steps, warmup_bias_lr,
@@ -378,11 +379,29 @@ def _open_run(run_dir, overwrite):
     return _Run(run_dir, backup_dir, resuming, chief)
 
 
-def _steps_per_epoch(train_data, batch_size, steps_per_epoch):
-    """Batches per epoch: given, or the dataset's length (in batches)."""
+def _file_shards(strategy, dataset):
+    """Workers whose files together make the epoch: a multi-worker run's
+    dataset sharded by the loader (`data.load(shard=...)`, auto-shard OFF)
+    holds one worker's share; otherwise 1 (every worker sees it all)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    policy = dataset.options().experimental_distribute.auto_shard_policy
+    if policy != tf.data.experimental.AutoShardPolicy.OFF:
+        return 1
+    shard = strategy_lib.worker_shard()
+    return shard[0] if shard else 1
+
+
+def _steps_per_epoch(train_data, batch_size, steps_per_epoch, shards=1):
+    """Batches per epoch: given, or the dataset's length (in batches).
+    With `shards` workers each holding 1/shards of the files (padded to
+    equal counts), the epoch is `shards` times this worker's length: each
+    step takes batch/shards from every worker."""
     if steps_per_epoch is not None:
         return steps_per_epoch
     steps_per_epoch = int(train_data.cardinality())
+    if steps_per_epoch > 0:
+        steps_per_epoch *= shards
     if len(train_data.element_spec[0].shape) != 4:  # unbatched
         steps_per_epoch = (steps_per_epoch // batch_size
                            if steps_per_epoch > 0 else steps_per_epoch)
