@@ -160,3 +160,31 @@ def test_yolo_model_logs_terms_counts_pixel_boxes_past_the_far_edge_and_weights(
     assert logged == pytest.approx((float(terms["box"]),
                                     float(terms["obj"] + terms["noobj"]),
                                     float(terms["cls"])), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("version", sorted(CASES))
+def test_per_image_values_with_run_time_batch_and_box_count_under_xla(version):
+    cls, kwargs, raw, boxes, labels, reference = CASES[version]()
+    loss = cls(**kwargs, reduction="none")
+    levels = raw if isinstance(raw, list) else [raw]
+    spec = [tf.TensorSpec((None, None, 4), tf.float32),
+            tf.TensorSpec((None, None), tf.int32),
+            [tf.TensorSpec((None, *r.shape[1:]), tf.float32) for r in levels],
+            tf.TensorSpec((None,), tf.float32)]
+
+    @tf.function(input_signature=spec, jit_compile=True)
+    def run(b, l, r, w):
+        return loss({"boxes": b, "labels": l}, r if len(r) > 1 else r[0],
+                    sample_weight=w)
+
+    want = np.array([reference(b) for b in range(3)])
+    w = np.array([1.0, 0.5, 2.0], np.float32)
+    np.testing.assert_allclose(run(boxes, labels, levels, w), w * want,
+                               rtol=2e-5)
+    # Two images, more padding rows: a new batch and box count, same trace.
+    pad = lambda x, v: np.pad(x, [(0, 0), (0, 3)] + [(0, 0)] * (x.ndim - 2),
+                              constant_values=v)  # noqa: E731
+    got = run(pad(boxes, 0.0)[1:], pad(labels, -1)[1:],
+              [r[1:] for r in levels], w[1:])
+    np.testing.assert_allclose(got, w[1:] * want[1:], rtol=2e-5)
+    assert run.experimental_get_tracing_count() == 1
