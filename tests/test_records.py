@@ -212,7 +212,7 @@ def test_a_run_writes_every_record(tmp_path, capsys):
 
     import training
     from keras_yolo import data, metrics
-    from keras_yolo.postprocess import NonMaxSuppression
+    from keras_yolo.layers import NonMaxSuppression
 
     sys.path.insert(0, TESTS)
     from tiny_detector import TinyDecode, TinyLoss, build_tiny_model
