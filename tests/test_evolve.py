@@ -129,3 +129,16 @@ def test_evolve_command_line_trains_two_generations(tmp_path):
         metrics = __import__("json").load(open(out / f"gen_{int(r['generation'])}" /
                                                "metrics.json"))
         assert r["map"] == pytest.approx(metrics["map"])
+
+
+def test_search_space_takes_each_versions_reference_loss_gains():
+    from keras_yolo import versions
+
+    assert set(evolve.search_space("v3")) == set(evolve.AUGMENTATION_SPACE)
+    for version in ("v5", "v8"):
+        loss_keys = set(evolve.search_space(version)) - set(evolve.AUGMENTATION_SPACE)
+        # Every searched loss key is one `train --hyp` passes to that version's loss.
+        assert loss_keys <= set(versions.get(version).hyperparameter_names())
+        defaults = evolve.default_hyperparameters(version)
+        assert evolve.constrain(defaults, evolve.search_space(version)) == defaults
+    assert evolve.default_hyperparameters("v8")["box"] == 7.5

@@ -33,7 +33,7 @@ import sys
 import numpy as np
 
 # key -> (mutation gain, lower limit, upper limit): ultralytics yolov5 7.0.14's `meta`
-# for the keys `train --hyp` takes. Loss gains are ultralytics' unscaled ones (v5 only).
+# for the keys `train --hyp` takes. v5's loss gains are ultralytics' unscaled ones.
 AUGMENTATION_SPACE = {
     "hsv_h": (1.0, 0.0, 0.1), "hsv_s": (1.0, 0.0, 0.9), "hsv_v": (1.0, 0.0, 0.9),
     "degrees": (1.0, 0.0, 45.0), "translate": (1.0, 0.0, 0.9), "scale": (1.0, 0.0, 0.9),
@@ -46,9 +46,16 @@ V5_LOSS_SPACE = {
     "obj": (1.0, 0.2, 4.0), "obj_pw": (1.0, 0.5, 2.0), "anchor_t": (1.0, 2.0, 8.0),
     "fl_gamma": (0.0, 0.0, 2.0),
 }
-# hyp.scratch-low.yaml's values: the first generation trains with these.
-V5_LOSS_DEFAULTS = {"box": 0.05, "cls": 0.5, "cls_pw": 1.0, "obj": 1.0, "obj_pw": 1.0,
-                    "anchor_t": 4.0, "fl_gamma": 0.0}
+# ultralytics 8.4.190 `engine/tuner.py`'s bounds for v8DetectionLoss's gains.
+V8_LOSS_SPACE = {"box": (1.0, 1.0, 20.0), "cls": (1.0, 0.1, 4.0), "dfl": (1.0, 0.4, 12.0)}
+# The versions whose loss gains have a reference search range, and their first generation
+# (hyp.scratch-low.yaml for v5, ultralytics 8's default.yaml for v8).
+LOSS_SPACES = {"v5": V5_LOSS_SPACE, "v8": V8_LOSS_SPACE}
+LOSS_DEFAULTS = {
+    "v5": {"box": 0.05, "cls": 0.5, "cls_pw": 1.0, "obj": 1.0, "obj_pw": 1.0, "anchor_t": 4.0,
+           "fl_gamma": 0.0},
+    "v8": {"box": 7.5, "cls": 0.5, "dfl": 1.5},
+}
 # ultralytics' weights of [P, R, mAP@0.5, mAP@0.5:0.95]; P and R weigh 0.
 FITNESS_WEIGHTS = {"map50": 0.1, "map": 0.9}
 MUTATION_PROBABILITY, MUTATION_SIGMA = 0.8, 0.2
@@ -65,22 +72,16 @@ def fitness(map50, map_):
 
 def search_space(version="v5"):
     """The searched keys of `version` -> (gain, low, high): augmentation strengths, plus
-    ultralytics' loss gains for v5 (the other versions' losses have no evolvable gains
-    with a reference range)."""
-    space = dict(AUGMENTATION_SPACE)
-    if version == "v5":
-        space.update(V5_LOSS_SPACE)
-    return space
+    ultralytics' loss gains for v5 and v8 (v1-v4's losses have no reference search range)."""
+    return {**AUGMENTATION_SPACE, **LOSS_SPACES.get(version, {})}
 
 
 def default_hyperparameters(version="v5"):
-    """Generation 0: the augmentation defaults and hyp.scratch-low's v5 loss gains."""
+    """Generation 0: the augmentation defaults and the reference's loss gains."""
     from keras_yolo.data.augment import DEFAULT_HYPERPARAMETERS
 
     hyp = {k: float(DEFAULT_HYPERPARAMETERS[k]) for k in AUGMENTATION_SPACE}
-    if version == "v5":
-        hyp.update(V5_LOSS_DEFAULTS)
-    return hyp
+    return {**hyp, **LOSS_DEFAULTS.get(version, {})}
 
 
 def constrain(hyp, space):
