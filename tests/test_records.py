@@ -259,3 +259,21 @@ def test_a_run_writes_every_record(tmp_path, capsys):
     assert {"epoch_loss", "epoch_lr", "epoch_lr_bias", "epoch_map50",
             "val_predictions"} <= tags, tags
     assert result.metrics["map50"] == saved["map50"]
+
+
+def test_results_and_progress_follow_a_v8_history_with_dfl(tmp_path, capsys):
+    from training import plots, records
+
+    history = [{"epoch": 1, "loss": 3.0, "box": 1.0, "cls": 0.5, "dfl": 1.5,
+                "lr": 0.01}]
+    with open(records.write_results(str(tmp_path), history)) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", "loss", "box", "cls", "dfl", "lr"]
+    assert rows[1] == ["1", "3", "1", "0.5", "1.5", "0.01"]
+    assert plots.plot_results(history, str(tmp_path / "r.png")) == [
+        "box", "cls", "dfl", "loss", "lr"]
+    bar = records.ProgressBar(steps_per_epoch=1, batch_size=2, epochs=1)
+    bar.on_epoch_begin(0)
+    bar.on_epoch_end(0, {"loss": 3.0, "box": 1.0, "cls": 0.5, "dfl": 1.5})
+    line = capsys.readouterr().out
+    assert "dfl: 1.5" in line and "obj" not in line

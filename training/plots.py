@@ -14,7 +14,8 @@ import numpy as np
 
 # Panels of results.png: (log key, title), the ones a history has.
 RESULT_PANELS = (("box", "box loss"), ("obj", "objectness loss"),
-                 ("cls", "class loss"), ("loss", "total loss"),
+                 ("cls", "class loss"), ("dfl", "distribution focal loss"),
+                 ("loss", "total loss"),
                  ("lr", "learning rate"), ("val_map50", "mAP@0.5"),
                  ("val_map", "mAP@0.5:0.95"))
 # Distinct colours for classes (tab10), as RGB 0..255.

@@ -28,14 +28,17 @@ from training import run as run_lib
 _logger = logging.getLogger("training")
 
 # Columns of results.csv, in order (those a run logs; "epoch" first).
-RESULT_COLUMNS = ("epoch", "loss", "box", "obj", "cls", "lr", "lr_bias",
-                  "momentum", "val_map50", "val_map", "val_map75",
+RESULT_COLUMNS = ("epoch", "loss", "box", "obj", "cls", "dfl", "lr",
+                  "lr_bias", "momentum", "val_map50", "val_map", "val_map75",
                   "invalid_boxes", "seconds")
+
+# Loss terms a YOLO loss may log (`YoloLoss.term_names`).
+TERMS = ("box", "obj", "cls", "dfl")
 
 
 class ProgressBar(keras.callbacks.Callback):
-    """One progress bar per epoch: loss, `box`, `obj`, `cls` (epoch means so
-    far) and images per second; the epoch's mAP at its end when evaluated.
+    """One progress bar per epoch: loss and the loss's logged terms (`box`,
+    `obj`, `cls`; v8: `box`, `cls`, `dfl`; epoch means so far) and images per second; the epoch's mAP at its end when evaluated.
     Prints a single line per epoch where stdout is not a terminal."""
 
     def __init__(self, steps_per_epoch, batch_size, epochs):
@@ -49,7 +52,7 @@ class ProgressBar(keras.callbacks.Callback):
         print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
         self._bar = keras.utils.Progbar(
             self.steps_per_epoch, unit_name="step", stateful_metrics=[
-                "loss", "box", "obj", "cls", "img/s", "val_map50",
+                "loss", *TERMS, "img/s", "val_map50",
                 "val_map"])
         self._start = time.perf_counter()
         self._first = None
@@ -60,8 +63,7 @@ class ProgressBar(keras.callbacks.Callback):
         done = batch + 1 - self._first
         rate = done * self.batch_size / max(
             time.perf_counter() - self._start, 1e-9)
-        values = [(k, float(logs[k])) for k in ("loss", "box", "obj", "cls")
-                  if k in logs]
+        values = [(k, float(logs[k])) for k in ("loss", *TERMS) if k in logs]
         return values + [("img/s", rate)]
 
     def on_train_batch_end(self, batch, logs=None):
