@@ -126,9 +126,11 @@ class YoloV5Loss(YoloLoss):
 
     Shapes and cost: the batch size and the box count `M` may be known only
     at run time (a `padded_batch` dataset). Only the positive (truth,
-    anchor, cell) slots are gathered (under XLA too, as a bounded dynamic
-    shape), so the cost is the read of the predictions, the write of their
-    gradient, and a term linear in the real truths, whatever the padding.
+    anchor, cell) slots are gathered, so eagerly and in graph mode the cost
+    is the read of the predictions, the write of their gradient, and a term
+    linear in the real truths, whatever the padding. Under XLA the same
+    gathered slots have a bounded dynamic shape: XLA sizes its buffers for
+    the bound (all `B M A 5` slots), so there keep `M` tight.
     Ground truth goes through `keras_yolo.assign.groundtruth` (invalid rows
     raise eagerly, are masked when compiled) in the `YoloLoss` base.
 
