@@ -12,6 +12,10 @@
 
 Both print our numbers, the reference's and the ratio, the load average
 before and after (the machine may be shared), and write a JSON report.
+`latency` also prints the floor of the forward pass: the network's FLOPs
+(`keras_yolo.models.flops`, 2 x multiply-accumulates) over the machine's
+measured peak (`machine_peak_flops`: the best rate of a large float32 matmul
+with the same threads), per batch, beside each contestant's time.
 """
 
 import argparse
@@ -217,6 +221,24 @@ def _write(path, results):
 
 # ---------------------------------------------------------------- latency
 
+def machine_peak_flops(size=2048, repeats=5):
+    """FLOP/s of the best of `repeats` float32 `size` x `size` matmuls
+    (2 size³ FLOPs each) with TensorFlow's current threads: the machine's
+    practical peak, the denominator of the inference floor."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((size, size))
+    b = tf.random.uniform((size, size))
+    matmul = tf.function(lambda: tf.matmul(a, b))
+    matmul().numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul().numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
 def latency(args):
     import tensorflow as tf
 
@@ -304,6 +326,15 @@ def latency(args):
                "median_ms": {n: {b: round(1e3 * statistics.median(t), 1)
                                  for b, t in v.items()}
                              for n, v in times.items()}}
+    from keras_yolo.models.flops import flops
+
+    network = flops(keras_model, (size, size, 3))
+    peak = machine_peak_flops()
+    results["floor"] = {
+        "network_gflops_per_image": round(network / 1e9, 3),
+        "machine_peak_gflops": round(peak / 1e9, 1),
+        "forward_floor_ms": {b: round(1e3 * network * b / peak, 2)
+                             for b in args.batch}}
     peer_ms = results["median_ms"]["ultralytics"]
     results["ratio_vs_ultralytics"] = {
         n: {b: round(v[b] / peer_ms[b], 2) for b in v}
@@ -313,6 +344,12 @@ def latency(args):
         print(f"{name:18s} " + "  ".join(
             f"batch {b}: {ms:8.1f} ms (x{results['ratio_vs_ultralytics'][name][b]:.2f})"
             for b, ms in by_batch.items()))
+    floor = results["floor"]
+    print(f"floor: {floor['network_gflops_per_image']} GFLOPs/image over "
+          f"{floor['machine_peak_gflops']} GFLOP/s measured peak "
+          f"({args.threads} threads): " + "  ".join(
+              f"batch {b}: {ms} ms (ours x{results['median_ms']['saved_model'][b] / ms:.1f} "
+              "the floor)" for b, ms in floor["forward_floor_ms"].items()))
     _write(args.report or os.path.join(out, "latency.json"), results)
 
 

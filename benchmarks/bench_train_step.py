@@ -14,11 +14,17 @@ is `Model(yolov5n.yaml)` in train mode with `ComputeLoss`, `backward()` and
 Contenders alternate in one process (benchmarks/harness.py), the load and
 thread settings are recorded, a busy machine is refused unless
 `--allow-busy`. Prints images/s of each and ours / ultralytics' throughput
-(above 1: we are faster), plus the first-step (trace/compile) time of ours.
+(above 1: we are faster), plus the first-step (trace/compile) time of ours,
+the CPU cores each side kept busy while timed (process CPU time over wall
+time) and, with `--memory`, each contender's peak resident memory, measured
+alone in a child process (`--peak-memory-of NAME`): its peak RSS and that
+minus the RSS after the imports.
 """
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -107,6 +113,46 @@ def reference_hyp(size):
     return hyp
 
 
+def _status_mb(field):
+    """/proc/self/status `field` (VmRSS: resident now; VmHWM: its peak, this
+    process image only: getrusage's ru_maxrss keeps the parent's peak
+    across fork + exec) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_memory(name, args, reference):
+    """Builds one contender alone, runs 3 steps; its peak RSS in MB."""
+    images, boxes, labels, targets = make_data(
+        args.batch_size, args.image_size, args.truths, args.max_boxes)
+    base = _status_mb("VmRSS")
+    if name == "ultralytics":
+        step = peer_step(reference, args.image_size, images, targets)
+    else:
+        step = ours_step(args.image_size, name == "ours_xla", images, boxes,
+                         labels)
+    for _ in range(3):
+        step()
+    peak = _status_mb("VmHWM")
+    return {"peak_rss_mb": round(peak), "peak_minus_imports_mb":
+            round(peak - base)}
+
+
+def _memory_in_children(names, argv):
+    out = {}
+    for name in names:
+        result = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), *argv,
+             "--peak-memory-of", name], capture_output=True, text=True)
+        lines = [x for x in result.stdout.splitlines() if x.startswith("{")]
+        out[name] = json.loads(lines[-1]) if lines else {
+            "error": result.stderr[-300:]}
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -118,12 +164,19 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=harness.cores())
     parser.add_argument("--allow-busy", action="store_true")
+    parser.add_argument("--memory", action="store_true",
+                        help="also each contender's peak RSS, alone in a "
+                        "child process")
+    parser.add_argument("--peak-memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     import yolov5_reference
 
     reference = yolov5_reference.load()
     harness.set_threads(args.threads)
+    if args.peak_memory_of:
+        print(json.dumps(peak_memory(args.peak_memory_of, args, reference)))
+        return None
     state = harness.check_quiet(args.allow_busy)
     images, boxes, labels, targets = make_data(
         args.batch_size, args.image_size, args.truths, args.max_boxes)
@@ -137,8 +190,20 @@ def main(argv=None):
         step()  # trace (and compile)
         first_step[mode] = round(time.perf_counter() - start, 1)
         contenders[f"ours_{mode}"] = step
-    times = harness.alternate(contenders, rounds=args.rounds,
-                              repeats=args.repeats)
+    cpu = {}
+
+    def timed_cpu(name, step):
+        def run():
+            start = time.process_time(), time.perf_counter()
+            step()
+            used = cpu.setdefault(name, [0.0, 0.0])
+            used[0] += time.process_time() - start[0]
+            used[1] += time.perf_counter() - start[1]
+        return run
+
+    times = harness.alternate(
+        {k: timed_cpu(k, v) for k, v in contenders.items()},
+        rounds=args.rounds, repeats=args.repeats)
     batch = args.batch_size
     peer_ips = batch / times["ultralytics"]["median"]
     result = dict(model="yolov5n", image_size=args.image_size,
@@ -150,8 +215,16 @@ def main(argv=None):
             result[f"{name}_images_per_s"] = round(ips, 2)
             result[f"{name}_throughput_ratio"] = round(ips / peer_ips, 3)
     result["ours_first_step_s"] = first_step
+    # Cores each side kept busy (warm-up included): below the thread count,
+    # the step leaves cores idle (or, on a busy machine, is starved).
+    result["cores_busy"] = {k: round(c / w, 2) for k, (c, w) in cpu.items()}
     result["rounds_s"] = {k: v["rounds"] for k, v in times.items()}
     result["machine"] = harness.finish({**state, **harness.machine_state()})
+    if args.memory:
+        forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
+                     if a != "--memory"]
+        result["peak_memory"] = _memory_in_children(list(contenders),
+                                                    forwarded)
     return harness.report(result, "bench_train_step")
 
 
