@@ -270,6 +270,12 @@ def add_train_parser(subparsers):
                         "accumulation over smaller batches)")
     parser.add_argument("--clip-norm", type=float, default=10.0,
                         help="global gradient norm limit (0: off)")
+    parser.add_argument("--self-adversarial", type=float, default=0.0,
+                        metavar="EPSILON",
+                        help="Self-Adversarial Training (YOLOv4): step size "
+                        "in image units, e.g. 0.008 (0: off)")
+    parser.add_argument("--self-adversarial-probability", type=float,
+                        default=0.5, help="share of batches altered first")
     parser.add_argument("--no-autoanchor", action="store_true",
                         help="v5 (versions with autoanchor): skip ultralytics' anchor check (best "
                         "possible recall < 0.98: k-means + genetic anchors)")
@@ -365,6 +371,8 @@ def run_train(args):
         warmup_momentum=args.warmup_momentum,
         nominal_batch_size=args.nominal_batch_size,
         clip_norm=args.clip_norm or None,
+        self_adversarial=args.self_adversarial,
+        self_adversarial_probability=args.self_adversarial_probability,
         ema=not args.no_ema, ema_momentum=ema_momentum,
         strategy=strategy,
         jit_compile={"auto": "auto", "true": True,

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from keras_yolo import keras_compat
 from keras_yolo import metrics as coco_metrics
+from keras_yolo.models import YoloModel
 from training import callbacks as callbacks_lib
 from training import records
 from training import resume as resume_lib
@@ -189,7 +190,8 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
           eval_every=1, eval_batch_size=None, steps_per_epoch=None,
           shuffle=True, seed=0, time_budget=None, backup_every="epoch",
           log_every=0, config=None, overwrite=False, verbose=0,
-          extra_callbacks=(), deterministic=False, progress=True):
+          extra_callbacks=(), deterministic=False, progress=True,
+          self_adversarial=0.0, self_adversarial_probability=0.5):
     """Trains a detector and writes a run directory (see `training.run`).
 
     Args:
@@ -250,6 +252,9 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         deterministic: `tf.config.experimental.enable_op_determinism()`
             (bitwise-equal runs at some speed cost; process-wide).
         progress: a progress bar per epoch (`training.records`).
+        self_adversarial: Self-Adversarial Training's step size in image
+            units (e.g. 2 / 255; 0: off), applied to a batch with
+            probability `self_adversarial_probability` (see `YoloModel`).
 
     Returns:
         `TrainResult(model, run_dir, metrics, history)`; `metrics` is also
@@ -277,7 +282,9 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         ema_momentum, time_budget)
     model, loss = _compile(
         strategy, model, loss, optimizer, plan, momentum, weight_decay, ema,
-        clip_norm, batch_size, nominal_batch_size, jit)
+        clip_norm, batch_size, nominal_batch_size, jit,
+        {"self_adversarial": self_adversarial,
+         "self_adversarial_probability": self_adversarial_probability})
     state = _make_state(run, model, loss, plan.lr, epochs, steps_per_epoch,
                         backup_every, time_budget)
     train_batches = resume_lib.epoch_batches(
@@ -298,6 +305,7 @@ def train(model, loss, train_data, *, val_data=None, epochs=10,
         "replicas": strategy.num_replicas_in_sync,
         "jit_compile": jit, "bounding_box_format": bounding_box_format,
         "parameters": int(model.count_params()), "seed": seed,
+        "self_adversarial": self_adversarial,
     }
     _write_config(run, settings, config)
     val_batches = None if val_data is None else batch_dataset(
@@ -449,9 +457,11 @@ def _plan_schedule(optimizer, learning_rate, epochs, steps_per_epoch,
 
 
 def _compile(strategy, model, loss, optimizer, plan, momentum, weight_decay,
-             ema, clip_norm, batch_size, nominal_batch_size, jit):
+             ema, clip_norm, batch_size, nominal_batch_size, jit,
+             model_options=None):
     """Builds model and loss under the strategy and compiles them with the
-    optimizer, its slots created: `(model, loss)`."""
+    optimizer, its slots created: `(model, loss)`. `model_options`: more
+    `compile` arguments of a `YoloModel` (Self-Adversarial Training)."""
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         if isinstance(model, keras.Model) and replicas > 1:
@@ -460,12 +470,18 @@ def _compile(strategy, model, loss, optimizer, plan, momentum, weight_decay,
                 "model, so its variables are created under the strategy.")
         model = _instantiate(model, "model")
         loss = _instantiate(loss, "loss")
+        options = {}
+        if model_options and model_options.get("self_adversarial"):
+            if not isinstance(model, YoloModel):
+                raise ValueError("self_adversarial needs a YoloModel; got "
+                                 f"{type(model).__name__}.")
+            options = model_options
         model.compile(
             optimizer=make_optimizer(optimizer, plan.lr, momentum,
                                      weight_decay, ema, plan.ema_momentum,
                                      clip_norm, batch_size,
                                      nominal_batch_size),
-            loss=loss, jit_compile=jit)
+            loss=loss, jit_compile=jit, **options)
         if isinstance(model.optimizer, RampEMA) and ema:
             model.optimizer.average_also(averaged_extras(model))
         # Creating the optimizer's slots before `fit` spares its first

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_yolo.data.augment.adversarial import adversarial_images
 from keras_yolo.losses.base import YoloLoss
 
 
@@ -31,6 +32,15 @@ class YoloModel(keras.Model):
     Another loss that takes the ground-truth dict is called as
     `loss(y, y_pred[, sample_weight])`, without logged terms.
 
+    Self-Adversarial Training (YOLOv4's freebie): `compile(...,
+    self_adversarial=epsilon)` makes each training step, with probability
+    `self_adversarial_probability` (default 0.5), first alter
+    the images instead of the weights, one signed-gradient step of
+    `epsilon` down the loss against an empty ground truth (the network
+    deceives itself into seeing no object; BatchNorm in inference mode, loss
+    state not advanced), then train on the altered images with the real
+    ground truth.
+
     Example:
         >>> model = YoloModel(inputs, [p3, p4, p5])
         >>> model.compile(optimizer="adam", loss=YoloV5Loss(num_classes=3))
@@ -41,7 +51,20 @@ class YoloModel(keras.Model):
         super().__init__(*args, **kwargs)
         self.invalid_boxes_tracker = keras.metrics.Sum(name="invalid_boxes")
 
-    def compile(self, *args, **kwargs):
+    def compile(self, *args, self_adversarial=0.0,
+                self_adversarial_probability=0.5, **kwargs):
+        """Keras' `compile`, plus Self-Adversarial Training's step size
+        `self_adversarial` (image units, e.g. 2 / 255; 0 disables it) and the
+        probability of applying it to a batch."""
+        if not float(self_adversarial) >= 0:
+            raise ValueError(f"`self_adversarial` must be a step size >= 0; "
+                             f"got {self_adversarial!r}.")
+        if not 0 <= float(self_adversarial_probability) <= 1:
+            raise ValueError("`self_adversarial_probability` must be in "
+                             f"[0, 1]; got {self_adversarial_probability!r}.")
+        self.self_adversarial = float(self_adversarial)
+        self.self_adversarial_probability = float(
+            self_adversarial_probability)
         super().compile(*args, **kwargs)
         if isinstance(self.loss, YoloLoss) and not getattr(
                 self, "loss_term_trackers", None):
@@ -49,6 +72,34 @@ class YoloModel(keras.Model):
             # metrics by attribute).
             self.loss_term_trackers = [keras.metrics.Mean(name=name)
                                        for name in self.loss.term_names]
+
+    def train_step(self, data):
+        if getattr(self, "self_adversarial", 0.0) and isinstance(
+                self.loss, YoloLoss):
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            x = self.self_adversarial_images(x, y)
+            data = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return super().train_step(data)
+
+    def self_adversarial_images(self, images, y):
+        """SAT's first pass on a batch: `images` moved `self_adversarial`
+        down the loss against an empty ground truth, with probability
+        `self_adversarial_probability` (else returned unchanged)."""
+        images = tf.cast(images, tf.float32)
+        empty = {"boxes": tf.zeros_like(y["boxes"]),
+                 "labels": -tf.ones_like(y["labels"])}
+
+        def pure_loss(y_true, y_pred):   # components(): no state advance
+            return tf.add_n(list(self.loss.components(y_true, y_pred)
+                                 .values()))
+
+        def attack():
+            return adversarial_images(self, pure_loss, images, empty,
+                                      self.self_adversarial, ascend=False)
+
+        return tf.cond(
+            tf.random.uniform([]) < self.self_adversarial_probability,
+            attack, lambda: images)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                      training=True):

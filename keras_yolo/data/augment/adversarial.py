@@ -6,14 +6,19 @@ The network attacks its own input: one FGSM step (Goodfellow et al. 2015)
 
 moves each pixel by `epsilon` in the direction that increases the detection
 loss; the second pass trains on `x'` with the unchanged labels. The weights
-are not updated by the first pass.
+are not updated by the first pass. With `ascend=False` the step goes down
+the loss instead, towards the given targets: YOLOv4's own SAT attacks the
+image towards an empty ground truth, "the deception that there is no
+desired object on the image" (`YoloModel`'s `self_adversarial` option).
 """
 
 import tensorflow as tf
 
 
-def adversarial_images(model, loss, images, y_true, epsilon, training=False):
-    """Perturbs `images` against `loss(y_true, model(images))`.
+def adversarial_images(model, loss, images, y_true, epsilon, training=False,
+                       ascend=True):
+    """Perturbs `images` against (or, `ascend=False`, towards)
+    `loss(y_true, model(images))`.
 
     Args:
         model: a Keras model; loss: a callable `loss(y_true, y_pred)`.
@@ -22,6 +27,8 @@ def adversarial_images(model, loss, images, y_true, epsilon, training=False):
         epsilon: step size in image units (e.g. 2 / 255).
         training: passed to the model (False: BatchNorm uses its moving
             statistics and is not updated).
+        ascend: True: `x + epsilon sign(dL/dx)` (FGSM, away from
+            `y_true`); False: `x - epsilon sign(dL/dx)` (towards `y_true`).
 
     Returns:
         `(B, H, W, 3)` float32 in [0, 1], without gradient.
@@ -35,5 +42,6 @@ def adversarial_images(model, loss, images, y_true, epsilon, training=False):
         tape.watch(images)
         value = tf.reduce_sum(loss(y_true, model(images, training=training)))
     gradient = tape.gradient(value, images)
-    perturbed = images + tf.cast(epsilon, tf.float32) * tf.sign(gradient)
+    step = tf.cast(epsilon, tf.float32) * tf.sign(gradient)
+    perturbed = images + step if ascend else images - step
     return tf.stop_gradient(tf.clip_by_value(perturbed, 0.0, 1.0))
