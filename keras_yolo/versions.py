@@ -175,10 +175,13 @@ class Version:
 
     def hyperparameter_names(self):
         """The loss's own hyperparameters: its `__init__` keywords other than
-        the head arguments, format and Keras' (name, reduction, dtype)."""
+        the head arguments, format, Keras' (name, reduction, dtype), the
+        serialized state (v2's `seen`, v5's `balance_state`) and v5's
+        `scale_by_batch_size` (an alias of `reduction="sum"`)."""
         skip = {"self", "num_classes", "anchors", "strides",
                 "bounding_box_format", "image_shape", "name", "reduction",
-                "dtype", "kwargs"}
+                "dtype", "kwargs", "seen", "balance_state",
+                "scale_by_batch_size"}
         skip |= set(self.head_arguments(self.reference_size or 640))
         return tuple(p for p in _parameters(self.loss) if p not in skip)
 

@@ -185,3 +185,11 @@ def test_v8_is_one_registry_entry_from_recipe_to_decode_config():
     assert versions.get("v8").eval_nms["iou_thres"] == 0.7
     with pytest.raises(ValueError, match="no anchors"):
         recipes.make_recipe("v8", 2, SIZE, anchors=[[[1, 1]]])
+
+
+def test_hyperparameter_names_leave_out_state_and_aliases():
+    v2 = versions.get("v2").hyperparameter_names()
+    v5 = versions.get("v5").hyperparameter_names()
+    assert "seen" not in v2 and "lambda_noobj" in v2
+    assert not {"balance_state", "scale_by_batch_size"} & set(v5)
+    assert {"box", "obj", "cls", "anchor_t", "fl_gamma"} <= set(v5)
