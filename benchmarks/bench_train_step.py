@@ -7,7 +7,8 @@ random images (batch 16) and 8 real truths per image; SGD lr 0.01, momentum
 0.937, Nesterov; the v5 objective with train.py's gain scaling. Ours is
 `keras_yolo.models.yolov5` compiled with `YoloV5Loss` and trained with
 `model.train_on_batch` (the step `model.fit` runs; ground truth padded to
-`--max-boxes` rows), in graph mode and with `jit_compile=True`; ultralytics'
+`--max-boxes` rows), in graph mode and with `jit_compile=True` (`--modes`;
+`graph_keras_bn` is graph mode without ConvBNAct's fused training path); ultralytics'
 is `Model(yolov5n.yaml)` in train mode with `ComputeLoss`, `backward()` and
 `optimizer.step()`. Same intra-op threads for both.
 
@@ -22,6 +23,7 @@ minus the RSS after the imports.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -113,6 +115,22 @@ def reference_hyp(size):
     return hyp
 
 
+@contextlib.contextmanager
+def keras_batch_norm(enabled):
+    """While tracing, ConvBNAct trains through Keras' BatchNormalization and
+    tf.nn.silu instead of its fused path (mode `graph_keras_bn`: the A/B of
+    keras_yolo/layers/conv_bn.py's fused training path)."""
+    from keras_yolo.layers.conv_bn import ConvBNAct
+
+    original = ConvBNAct.fused_training_applies
+    if enabled:
+        ConvBNAct.fused_training_applies = lambda self, training: False
+    try:
+        yield
+    finally:
+        ConvBNAct.fused_training_applies = original
+
+
 def _status_mb(field):
     """/proc/self/status `field` (VmRSS: resident now; VmHWM: its peak, this
     process image only: getrusage's ru_maxrss keeps the parent's peak
@@ -134,7 +152,9 @@ def peak_memory(name, args, reference):
     else:
         step = ours_step(args.image_size, name == "ours_xla", images, boxes,
                          labels)
-    for _ in range(3):
+    with keras_batch_norm(name == "ours_graph_keras_bn"):
+        step()
+    for _ in range(2):
         step()
     peak = _status_mb("VmHWM")
     return {"peak_rss_mb": round(peak), "peak_minus_imports_mb":
@@ -187,7 +207,8 @@ def main(argv=None):
         step = ours_step(args.image_size, mode == "xla", images, boxes,
                          labels)
         start = time.perf_counter()
-        step()  # trace (and compile)
+        with keras_batch_norm(mode == "graph_keras_bn"):
+            step()  # trace (and compile)
         first_step[mode] = round(time.perf_counter() - start, 1)
         contenders[f"ours_{mode}"] = step
     cpu = {}
