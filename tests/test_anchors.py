@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from keras_yolo import anchors
+import references
 
 CENTRES = np.array([[12.0, 10.0], [40.0, 22.0], [20.0, 80.0], [150.0, 120.0]])
 
@@ -17,18 +18,13 @@ def clustered_sizes(seed=0, per_cluster=150, spread=0.06):
     return sizes[rng.permutation(len(sizes))]
 
 
-def shape_iou_np(a, b):
-    inter = min(a[0], b[0]) * min(a[1], b[1])
-    return inter / (a[0] * a[1] + b[0] * b[1] - inter)
-
-
 def test_recovers_known_clusters_sorted_by_area():
     sizes = clustered_sizes()
     found, mean_iou = anchors.kmeans_anchors(sizes, k=4, seed=0)
     assert found.shape == (4, 2)
     np.testing.assert_allclose(found, CENTRES, rtol=0.03)  # sorted by area
     # The reported mean IoU is the mean over boxes of the best IoU, by hand.
-    by_hand = np.mean([max(shape_iou_np(s, a) for a in found) for s in sizes])
+    by_hand = np.mean([max(references.shape_iou(s, a) for a in found) for s in sizes])
     assert mean_iou == pytest.approx(by_hand, rel=1e-12)
     assert mean_iou == pytest.approx(anchors.mean_best_iou(sizes, found))
     assert mean_iou > 0.9
@@ -37,7 +33,7 @@ def test_recovers_known_clusters_sorted_by_area():
 def test_centroids_are_the_mean_size_of_their_members():
     sizes = clustered_sizes(1)
     found, _ = anchors.kmeans_anchors(sizes, k=4, seed=3)
-    iou = np.array([[shape_iou_np(s, a) for a in found] for s in sizes])
+    iou = np.array([[references.shape_iou(s, a) for a in found] for s in sizes])
     members = iou.argmax(1)
     for j in range(4):  # a fixed point of the Lloyd iteration
         np.testing.assert_allclose(found[j], sizes[members == j].mean(0))

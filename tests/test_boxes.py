@@ -6,6 +6,7 @@ import tensorflow as tf
 from conftest import require_peer
 
 from keras_yolo import boxes
+import references
 
 FORMATS = boxes.FORMATS
 
@@ -186,20 +187,6 @@ def test_identical_tiny_boxes_in_relative_formats_overlap_fully():
 
 # -- conventions: the guards of darknet and ultralytics ----------------------
 
-def np_darknet_box_iou(b1, b2):
-    """darknet box.c `box_iou` of centre-size boxes, float64, line for line."""
-    def overlap(x1, w1, x2, w2):
-        left = np.maximum(x1 - w1 / 2, x2 - w2 / 2)
-        right = np.minimum(x1 + w1 / 2, x2 + w2 / 2)
-        return right - left
-    w = overlap(b1[..., 0], b1[..., 2], b2[..., 0], b2[..., 2])
-    h = overlap(b1[..., 1], b1[..., 3], b2[..., 1], b2[..., 3])
-    inter = np.where((w < 0) | (h < 0), 0.0, w * h)
-    union = b1[..., 2] * b1[..., 3] + b2[..., 2] * b2[..., 3] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union == 0, 0.0, inter / union)
-
-
 def random_centre(rng, n, negative=False):
     xy = rng.uniform(0, 1, (n, 2))
     wh = rng.uniform(-0.3 if negative else 0.0, 0.5, (n, 2))
@@ -214,7 +201,7 @@ def test_darknet_convention_is_darknets_box_iou_also_for_negative_sizes():
     b2[:5] = b1[:5]  # empty unions: 0, not NaN
     got = boxes.iou(b1.astype(np.float32), b2.astype(np.float32), "rel_center_xywh", "iou",
                     convention="darknet").numpy()
-    expected = np_darknet_box_iou(b1, b2)
+    expected = references.darknet_box_iou(b1, b2)
     np.testing.assert_allclose(got, expected, atol=2e-5)
     np.testing.assert_array_equal(got[:5], 0.0)
 
@@ -277,7 +264,7 @@ def test_pairwise_takes_leading_batch_axes(convention):
     assert got.shape == (3, 6, 4)
     every = boxes.iou(b1[:, :, None], b2[:, None], "rel_center_xywh", "iou", convention=convention)
     np.testing.assert_array_equal(got, every)
-    np.testing.assert_allclose(got, np_darknet_box_iou(b1[:, :, None].astype(np.float64),
+    np.testing.assert_allclose(got, references.darknet_box_iou(b1[:, :, None].astype(np.float64),
                                                        b2[:, None].astype(np.float64)),
                                atol=1e-5)
 

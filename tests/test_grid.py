@@ -5,10 +5,7 @@ import pytest
 import tensorflow as tf
 
 from keras_yolo import grid
-
-
-def sigmoid(x):
-    return 1 / (1 + np.exp(-x))
+from references import sigmoid
 
 
 def np_decode(raw, anchors, stride, scale_x_y=1.0, size="exp", units="relative"):

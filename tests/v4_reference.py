@@ -15,9 +15,7 @@ import math
 
 import numpy as np
 
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+from references import sigmoid
 
 
 # --- box.c -------------------------------------------------------------------

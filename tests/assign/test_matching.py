@@ -5,13 +5,7 @@ import pytest
 import tensorflow as tf
 
 from keras_yolo.assign import matching
-
-
-def np_shape_iou(wh1, wh2):
-    wh1, wh2 = np.asarray(wh1, np.float64), np.asarray(wh2, np.float64)
-    inter = np.minimum(wh1[..., 0], wh2[..., 0]) * np.minimum(wh1[..., 1], wh2[..., 1])
-    union = wh1[..., 0] * wh1[..., 1] + wh2[..., 0] * wh2[..., 1] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+import references
 
 
 def darknet_best_n(ious):
@@ -23,23 +17,12 @@ def darknet_best_n(ious):
     return best_n
 
 
-def np_centre_iou(b1, b2):
-    """darknet box_iou of centre-size boxes (box.c: overlap, box_intersection)."""
-    def overlap(c1, s1, c2, s2):
-        return np.minimum(c1 + s1 / 2, c2 + s2 / 2) - np.maximum(c1 - s1 / 2, c2 - s2 / 2)
-    w = overlap(b1[..., 0], b1[..., 2], b2[..., 0], b2[..., 2])
-    h = overlap(b1[..., 1], b1[..., 3], b2[..., 1], b2[..., 3])
-    inter = np.where((w < 0) | (h < 0), 0.0, w * h)
-    union = b1[..., 2] * b1[..., 3] + b2[..., 2] * b2[..., 3] - inter
-    return np.where(union != 0, inter / np.where(union != 0, union, 1.0), 0.0)
-
-
 def test_shape_iou_hand_value_and_random():
     np.testing.assert_allclose(matching.shape_iou([[2.0, 2.0]], [[1.0, 4.0]]), [2 / 6], rtol=1e-6)
     rng = np.random.default_rng(0)
     a, b = rng.uniform(0, 5, (200, 2)), rng.uniform(0, 5, (7, 2))
     got = matching.shape_iou(a[:, None].astype(np.float32), b.astype(np.float32))
-    np.testing.assert_allclose(got, np_shape_iou(a[:, None], b), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, references.shape_iou(a[:, None], b), rtol=1e-5, atol=1e-7)
     # Two empty boxes: 0, not NaN.
     assert matching.shape_iou([0.0, 0.0], [0.0, 0.0]).numpy() == 0.0
 
@@ -60,7 +43,7 @@ def test_best_anchor_is_darknets_scan_with_ties_and_no_overlap():
     anchors[4] = anchors[1]  # a duplicated anchor: a certain tie
     truths = rng.integers(0, 5, (3, 40, 2)).astype(np.float32)
     got = matching.best_anchor(truths, anchors).numpy()
-    ious = np_shape_iou(truths[..., None, :], anchors)
+    ious = references.shape_iou(truths[..., None, :], anchors)
     expected = np.apply_along_axis(darknet_best_n, -1, ious)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.int32
@@ -68,7 +51,7 @@ def test_best_anchor_is_darknets_scan_with_ties_and_no_overlap():
     # Per-truth candidates (v2's bias_match=0: the predicted sizes of the cell).
     candidates = rng.integers(0, 4, (3, 40, 5, 2)).astype(np.float32)
     got = matching.best_anchor(truths, candidates).numpy()
-    ious = np_shape_iou(truths[..., None, :], candidates)
+    ious = references.shape_iou(truths[..., None, :], candidates)
     np.testing.assert_array_equal(got, np.apply_along_axis(darknet_best_n, -1, ious))
 
 
@@ -101,7 +84,7 @@ def test_best_truth_iou_matches_darknet_box_iou_and_skips_padding():
     valid = np.array([[True] * 4 + [False] * 2, [False] * 6])
     truth[0, 0] = truth[0, 1]  # a duplicate truth: the lower index is reported
     best, index = matching.best_truth_iou(pred.astype(np.float32), truth.astype(np.float32), valid)
-    ious = np_centre_iou(pred[:, :, None], truth[:, None])
+    ious = references.darknet_box_iou(pred[:, :, None], truth[:, None])
     ious = np.where(valid[:, None], ious, 0.0)
     np.testing.assert_allclose(best, ious.max(-1), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(index[0], np.argmax(ious[0], -1))

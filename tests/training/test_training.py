@@ -15,7 +15,7 @@ import training.run
 from keras_yolo import data
 from training import strategy as strategy_lib
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
 
@@ -126,7 +126,10 @@ def test_jit_compiled_step_matches_the_graph_step(shapes32, tmp_path):
 
 def test_jit_compile_choice_follows_the_strategy():
     default = tf.distribute.get_strategy()
-    assert strategy_lib.resolve_jit_compile("auto", default) is True
+    # "auto": XLA on a GPU, graph mode on CPU (the faster path there).
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert strategy_lib.resolve_jit_compile("auto", default) is on_gpu
+    assert strategy_lib.resolve_jit_compile(True, default) is True
     assert strategy_lib.resolve_jit_compile(False, default) is False
     with pytest.raises(ValueError, match="jit_compile"):
         strategy_lib.resolve_jit_compile("yes", default)

@@ -14,7 +14,7 @@ from PIL import Image
 from keras_yolo import data
 from keras_yolo.data import DataError, sources
 
-DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
                         "datasets")
 COCO128 = os.path.join(DATASETS, "coco128")
 RACCOON = os.path.join(DATASETS, "raccoon")

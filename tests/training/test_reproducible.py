@@ -12,7 +12,7 @@ import training
 from keras_yolo import data
 from keras_yolo.models import YoloModel
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
 

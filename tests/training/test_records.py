@@ -12,7 +12,7 @@ import pytest
 from training import __main__ as training_main
 from training import cli
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RACCOON = os.path.join(TESTS, "..", "..", "shared", "datasets", "raccoon")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from keras_yolo import data, metrics
 
-DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
                         "datasets")
 COCO128 = os.path.join(DATASETS, "coco128")
 RACCOON = os.path.join(DATASETS, "raccoon")

@@ -15,7 +15,7 @@ from training.optimizer import (YoloSGD, make_recipe_optimizer, param_group,
                                 scaled_weight_decay)
 from training.schedules import YoloV5Schedule
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import require_peer  # noqa: E402
 
 NBS = 64

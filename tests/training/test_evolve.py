@@ -122,7 +122,7 @@ def test_evolve_command_line_trains_two_generations(tmp_path):
          "--", "--version", "v5", "--data", "shapes", "--augment", "--epochs", "2",
          "--train-images", "32", "--val-images", "16", "--image-size", "64",
          "--batch-size", "8", "--eval-every", "1", "--jit-compile", "false"],
-        check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     rows = evolve.read_rows(str(out / "evolve.csv"))
     assert len(rows) == 2
     for r in rows:

@@ -25,7 +25,7 @@ from serving import predict as predict_lib
 from serving.export import check_builtin_ops, export_detector, graph_ops
 from serving.letterbox import PAD_VALUE, letterbox, letterbox_geometry
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from training import resume
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TESTS)
 
 # One run of a tiny detector: 40 images / batch 8 = 5 steps an epoch, 3

@@ -7,6 +7,7 @@ import keras
 
 from darknet_reorg_reference import reorg_cpu
 from keras_yolo import layers
+from references import sigmoid
 
 RNG = np.random.default_rng(0)
 
@@ -39,10 +40,6 @@ def _max_pool_same(x, k):
     return out
 
 
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
 def _roundtrip(layer):
     clone = layer.__class__.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
@@ -52,8 +49,8 @@ def _roundtrip(layer):
 @pytest.mark.parametrize("activation, reference", [
     ("leaky", lambda x: np.where(x > 0, x, 0.1 * x)),
     ("mish", lambda x: x * np.tanh(np.log1p(np.exp(x)))),
-    ("silu", lambda x: x * _sigmoid(x)),
-    ("logistic", _sigmoid),
+    ("silu", lambda x: x * sigmoid(x)),
+    ("logistic", sigmoid),
     ("linear", lambda x: x),
 ])
 def test_activations_match_their_formulas(activation, reference):
@@ -182,7 +179,7 @@ def test_pointwise_sam_is_x_times_sigmoid_of_bn_conv():
     layer.attention.bn.set_weights([gamma, beta, mean, var])
     got = keras.ops.convert_to_numpy(layer(x, training=False))
     z = gamma * (_conv2d(x, kernel, 1, 0) - mean) / np.sqrt(var + 1e-5) + beta
-    np.testing.assert_allclose(got, x * _sigmoid(z), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, x * sigmoid(z), rtol=1e-4, atol=1e-5)
 
 
 def test_spatial_sam_is_cbam_attention():
@@ -194,7 +191,7 @@ def test_spatial_sam_is_cbam_attention():
     layer.attention.conv.set_weights([kernel, bias])
     got = keras.ops.convert_to_numpy(layer(x))
     pooled = np.concatenate([x.mean(-1, keepdims=True), x.max(-1, keepdims=True)], -1)
-    np.testing.assert_allclose(got, x * _sigmoid(_conv2d(pooled, kernel, 1, 1) + bias), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, x * sigmoid(_conv2d(pooled, kernel, 1, 1) + bias), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="mode"):
         layers.SpatialAttention("channel")
 

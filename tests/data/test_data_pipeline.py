@@ -15,7 +15,7 @@ from conftest import require_peer
 from keras_yolo import data
 from keras_yolo.data import DataError
 
-RACCOON = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+RACCOON = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
                        "datasets", "raccoon")
 
 
