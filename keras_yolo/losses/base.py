@@ -71,9 +71,6 @@ import tensorflow as tf
 from keras_yolo import boxes as box_ops
 from keras_yolo import checks
 from keras_yolo.assign import groundtruth
-# Re-exported for the losses that import them from here (v4, v5, v8).
-from keras_yolo.checks import (  # noqa: F401
-    check_non_negative, check_positive_int, check_unit_interval)
 
 PER_IMAGE_REDUCTIONS = ("none", "mean_with_sample_weight")
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum") + PER_IMAGE_REDUCTIONS
@@ -162,7 +159,7 @@ class YoloLoss(keras.losses.Loss):
         if (isinstance(num_classes, numbers.Integral)
                 and not isinstance(num_classes, bool)):
             num_classes = int(num_classes)  # NumPy integers too
-        check_positive_int("num_classes", num_classes)
+        checks.check_positive_int("num_classes", num_classes)
         checks.check_format(bounding_box_format)
         self.num_classes = num_classes
         self.bounding_box_format = bounding_box_format

@@ -88,8 +88,9 @@ from keras_yolo import boxes as box_ops
 from keras_yolo import grid
 from keras_yolo.assign import matching
 from keras_yolo.assign import yolo_v4 as assign_v4
+from keras_yolo.checks import check_unit_interval
 from keras_yolo.grid import MAX_LOG_SCALE, YOLOV4_SCALE_X_Y
-from keras_yolo.losses.base import YoloLoss, check_unit_interval
+from keras_yolo.losses.base import YoloLoss
 
 IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 # compare_yolo_class(..., 0.25f): the class-confidence gate of the ignore rule.

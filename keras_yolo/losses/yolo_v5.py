@@ -7,7 +7,8 @@ import tensorflow as tf
 from keras_yolo import boxes as box_ops
 from keras_yolo.anchors import STRIDES, YOLOV5_ANCHORS
 from keras_yolo.assign.yolo_v5 import build_targets
-from keras_yolo.losses.base import YoloLoss, check_unit_interval
+from keras_yolo.checks import check_unit_interval
+from keras_yolo.losses.base import YoloLoss
 
 # ComputeLoss's per-level objectness weights: P3-P5, or P3-P7 for other
 # level counts (the first `levels` entries).
