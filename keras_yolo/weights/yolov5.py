@@ -24,15 +24,15 @@ Example:
 """
 
 import os
-import re
 import sys
 
 import numpy as np
 
+from keras_yolo.weights import torch_state
+
 # ultralytics DetectionModel: P3/8, P4/16, P5/32.
 STRIDES = (8, 16, 32)
 HEAD_INDEX = 24
-_IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
 def _to_numpy(value):
@@ -95,7 +95,7 @@ def state_dict_of(checkpoint):
         if path.endswith(".npz"):
             with np.load(path) as data:
                 return {key: np.asarray(data[key], np.float32) for key in data.files
-                        if not key.endswith(_IGNORED_SUFFIXES)}
+                        if not key.endswith(torch_state.IGNORED_SUFFIXES)}
         checkpoint = _load_pt(path)
     if isinstance(checkpoint, dict) and ("model" in checkpoint or "ema" in checkpoint):
         module = checkpoint.get("ema") or checkpoint.get("model")
@@ -108,7 +108,7 @@ def state_dict_of(checkpoint):
         raise TypeError(f"checkpoint of type {type(checkpoint).__name__} is not a path, "
                         "a checkpoint dict, a module or a state dict")
     return {key: _to_numpy(value) for key, value in checkpoint.items()
-            if not key.endswith(_IGNORED_SUFFIXES)}
+            if not key.endswith(torch_state.IGNORED_SUFFIXES)}
 
 
 def export_yolov5_npz(checkpoint, npz_path):
@@ -131,18 +131,6 @@ def _size_of(state):
             return size
     raise ValueError(f"no yolov5 size has a stem of {stem} channels and {blocks} bottlenecks "
                      f"in model.2 (sizes: {sorted(YOLOV5_MULTIPLES)})")
-
-
-def _torch_prefix(keras_name):
-    """`m2_m0_cv1` -> `model.2.m.0.cv1` (the builder names layers after the yaml modules)."""
-    parts = []
-    for i, token in enumerate(keras_name.split("_")):
-        match = re.fullmatch(r"m(\d+)", token)
-        if match:
-            parts.append(("model." if i == 0 else "m.") + match.group(1))
-        else:
-            parts.append(token)
-    return ".".join(parts)
 
 
 def decode_config_of(state, input_shape=(640, 640, 3)):
@@ -198,49 +186,11 @@ def load_yolov5_weights(model, checkpoint):
     model is left as it was and the error names the checkpoint tensor.
     Returns the model.
     """
-    import keras
-
-    state = checkpoint if isinstance(checkpoint, dict) and all(
-        isinstance(v, np.ndarray) for v in checkpoint.values()) else state_dict_of(checkpoint)
-    # BatchNorm's step counters (torch `num_batches_tracked`) carry no weights.
-    state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
-    used = {f"model.{HEAD_INDEX}.anchors"}
-    assignments = []
-
-    def take(key, shape):
-        if key not in state:
-            raise ValueError(f"checkpoint has no {key!r} (needed by model {model.name!r})")
-        value = state[key]
-        if value.shape != tuple(shape):
-            raise ValueError(f"checkpoint {key!r} has shape {value.shape}, model {model.name!r} "
-                             f"needs {tuple(shape)}")
-        used.add(key)
-        return value
-
-    for layer in model.layers:
-        if hasattr(layer, "conv") and hasattr(layer, "bn") and isinstance(layer.conv, keras.layers.Conv2D):
-            prefix = _torch_prefix(layer.name)
-            kh, kw, cin, cout = layer.conv.kernel.shape
-            weights = [take(f"{prefix}.conv.weight", (cout, cin, kh, kw)).transpose(2, 3, 1, 0)]
-            if layer.conv.use_bias:
-                weights.append(take(f"{prefix}.conv.bias", (cout,)))
-            assignments.append((layer.conv, weights))
-            if layer.bn is not None:
-                assignments.append((layer.bn, [take(f"{prefix}.bn.{name}", (cout,)) for name in
-                                               ("weight", "bias", "running_mean", "running_var")]))
-        elif isinstance(layer, keras.layers.Conv2D) and layer.name.startswith(f"m{HEAD_INDEX}_"):
-            prefix = _torch_prefix(layer.name[: -len("_conv")])
-            kh, kw, cin, cout = layer.kernel.shape
-            assignments.append((layer, [
-                take(f"{prefix}.weight", (cout, cin, kh, kw)).transpose(2, 3, 1, 0),
-                take(f"{prefix}.bias", (cout,))]))
-    left = sorted(set(state) - used)
-    if left:
-        raise ValueError(f"checkpoint tensors model {model.name!r} has no place for: {left[:8]}"
-                         f"{' ...' if len(left) > 8 else ''}")
-    for layer, weights in assignments:
-        layer.set_weights(weights)
-    return model
+    state = checkpoint if torch_state.is_state_dict(checkpoint) else state_dict_of(checkpoint)
+    return torch_state.copy_state(
+        model, state, f"m{HEAD_INDEX}_",
+        head_torch_name=lambda name: torch_state.torch_prefix(name[: -len("_conv")]),
+        known={f"model.{HEAD_INDEX}.anchors"})
 
 
 def make_yolov5_decoder(decode_config, bounding_box_format="center_xywh", name=None):

@@ -27,15 +27,13 @@ Example:
     {'version': 'v8', 'num_classes': 80, 'reg_max': 16, 'strides': [8, 16, 32], ...}
 """
 
-import re
-
 import numpy as np
 
+from keras_yolo.weights import torch_state
 from keras_yolo.weights.yolov5 import state_dict_of
 
 HEAD = "model.22"
 _DFL_KEY = f"{HEAD}.dfl.conv.weight"
-_IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 
 def yolov8_state_dict(checkpoint):
@@ -80,15 +78,6 @@ def decode_config_of(state, input_shape=(640, 640, 3)):
             "input_shape": list(input_shape)}
 
 
-def torch_prefix(keras_name):
-    """`m2_m0_cv1` -> `model.2.m.0.cv1`, `m22_cv3_1_2` -> `model.22.cv3.1.2` (the builder's naming)."""
-    parts = []
-    for i, token in enumerate(keras_name.split("_")):
-        match = re.fullmatch(r"m(\d+)", token)
-        parts.append((("model." if i == 0 else "m.") + match.group(1)) if match else token)
-    return ".".join(parts)
-
-
 def load_yolov8(checkpoint, input_shape=(640, 640, 3)):
     """Builds the matching `yolov8{n,s,m,l,x}` Keras model and loads a checkpoint into it.
 
@@ -129,50 +118,11 @@ def load_yolov8_weights(model, checkpoint):
     checkpoint tensor the model has no place for is an error too.
     Returns the model.
     """
-    import keras
-
-    state = checkpoint if isinstance(checkpoint, dict) and all(
-        isinstance(v, np.ndarray) for v in checkpoint.values()) else yolov8_state_dict(checkpoint)
-    state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
-    used, assignments = set(), []
-
-    def take(key, shape):
-        if key not in state:
-            raise ValueError(f"checkpoint has no {key!r} (needed by model {model.name!r})")
-        value = state[key]
-        if value.shape != tuple(shape):
-            raise ValueError(f"checkpoint {key!r} has shape {value.shape}, model {model.name!r} "
-                             f"needs {tuple(shape)}")
-        used.add(key)
-        return value
-
-    head_convs = f"m{HEAD.split('.')[1]}_"
-    for layer in model.layers:
-        if hasattr(layer, "conv") and hasattr(layer, "bn") and isinstance(layer.conv, keras.layers.Conv2D):
-            prefix = torch_prefix(layer.name)
-            kh, kw, cin, cout = layer.conv.kernel.shape
-            weights = [take(f"{prefix}.conv.weight", (cout, cin, kh, kw)).transpose(2, 3, 1, 0)]
-            if layer.conv.use_bias:
-                weights.append(take(f"{prefix}.conv.bias", (cout,)))
-            assignments.append((layer.conv, weights))
-            if layer.bn is not None:
-                assignments.append((layer.bn, [take(f"{prefix}.bn.{name}", (cout,)) for name in
-                                               ("weight", "bias", "running_mean", "running_var")]))
-        elif isinstance(layer, keras.layers.Conv2D) and layer.name.startswith(head_convs):
-            prefix = torch_prefix(layer.name)
-            kh, kw, cin, cout = layer.kernel.shape
-            assignments.append((layer, [
-                take(f"{prefix}.weight", (cout, cin, kh, kw)).transpose(2, 3, 1, 0),
-                take(f"{prefix}.bias", (cout,))]))
+    state = checkpoint if torch_state.is_state_dict(checkpoint) else yolov8_state_dict(checkpoint)
+    known = set()
     if _DFL_KEY in state:
         projection = state[_DFL_KEY].reshape(-1)
         if not np.array_equal(projection, np.arange(projection.size, dtype=projection.dtype)):
             raise ValueError(f"checkpoint {_DFL_KEY!r} is not DFL's fixed projection 0 .. reg_max - 1")
-        used.add(_DFL_KEY)
-    left = sorted(set(state) - used)
-    if left:
-        raise ValueError(f"checkpoint tensors model {model.name!r} has no place for: {left[:8]}"
-                         f"{' ...' if len(left) > 8 else ''}")
-    for layer, weights in assignments:
-        layer.set_weights(weights)
-    return model
+        known.add(_DFL_KEY)
+    return torch_state.copy_state(model, state, f"m{HEAD.split('.')[1]}_", known=known)

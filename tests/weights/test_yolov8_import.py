@@ -17,7 +17,8 @@ import pytest
 
 from conftest import require_peer
 from keras_yolo.models.yolov8 import yolov8_size
-from keras_yolo.weights.yolov8 import load_yolov8, load_yolov8_weights, torch_prefix, yolov8_size_of
+from keras_yolo.weights.torch_state import torch_prefix
+from keras_yolo.weights.yolov8 import load_yolov8, load_yolov8_weights, yolov8_size_of
 
 pytestmark = pytest.mark.parity
 
