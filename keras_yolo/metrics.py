@@ -206,25 +206,21 @@ def coco_map(y_true, y_pred, bounding_box_format, image_shape=None,
 
     # COCO category ids start at 1 by convention; class c is category c + 1.
     annotations = []
-    for i, j in np.argwhere(gt_labels >= 0):
-        x, y, w, h = gt_xywh[i, j]
-        annotations.append({
-            "id": len(annotations) + 1, "image_id": int(i),
-            "category_id": int(gt_labels[i, j]) + 1,
-            "bbox": [float(x), float(y), float(w), float(h)],
-            "area": float(w * h), "iscrowd": 0,
-        })
-    if ignored_boxes is not None:
-        ignored_xywh = _to_pixel_xywh(ignored_boxes, bounding_box_format,
-                                      image_shape)
-        for i, j in np.argwhere(ignored_labels >= 0):
-            x, y, w, h = ignored_xywh[i, j]
+
+    def annotate(xywh, labels, iscrowd):
+        for i, j in np.argwhere(labels >= 0):
+            x, y, w, h = xywh[i, j]
             annotations.append({
                 "id": len(annotations) + 1, "image_id": int(i),
-                "category_id": int(ignored_labels[i, j]) + 1,
+                "category_id": int(labels[i, j]) + 1,
                 "bbox": [float(x), float(y), float(w), float(h)],
-                "area": float(w * h), "iscrowd": 1,
+                "area": float(w * h), "iscrowd": iscrowd,
             })
+
+    annotate(gt_xywh, gt_labels, 0)
+    if ignored_boxes is not None:
+        annotate(_to_pixel_xywh(ignored_boxes, bounding_box_format, image_shape),
+                 ignored_labels, 1)
     detections = []
     for i in range(num_images):
         valid = np.flatnonzero(det_valid[i])
