@@ -136,6 +136,27 @@ class _PoolAugmenter:
         element = tf.random.experimental.stateless_fold_in(self.seed, key)
         return tf.random.experimental.stateless_split(element, 5)
 
+    def centre(self, image):
+        """`image` (at most `size` a side) centred on a `size` canvas of the
+        fill value: `(canvas, (4,) xyxy shift of its boxes)`."""
+        size = self.size
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        top, left = (size - h) // 2, (size - w) // 2
+        canvas = tf.pad(image, [[top, size - h - top], [left, size - w - left],
+                                [0, 0]], constant_values=geometry.FILL_VALUE)
+        return canvas, tf.cast(tf.stack([left, top, left, top]), tf.float32)
+
+    def warp(self, canvas, boxes, labels, seeds):
+        """random_perspective of a mosaic or centred canvas to `size`."""
+        hyp, size = self.hyp, self.size
+        border = (size - tf.shape(canvas)[:2]) // 2
+        image, boxes, labels = geometry.random_perspective(
+            canvas, boxes, labels, seeds[_SEED_PERSPECTIVE],
+            degrees=hyp["degrees"], translate=hyp["translate"],
+            scale=hyp["scale"], shear=hyp["shear"],
+            perspective=hyp["perspective"], border=border)
+        return tf.ensure_shape(image, [size, size, 3]), boxes, labels
+
     def base_from_files(self, key, index, read_sample, num_samples):
         """Mosaic (uniform partners read by index) or letterbox, then
         random_perspective, of one output: `(image, boxes, labels,
@@ -174,23 +195,11 @@ class _PoolAugmenter:
 
         def with_letterbox():
             image, boxes, labels = sample(index)
-            h, w = tf.shape(image)[0], tf.shape(image)[1]
-            top, left = (size - h) // 2, (size - w) // 2
-            canvas = tf.pad(image, [[top, size - h - top],
-                                    [left, size - w - left], [0, 0]],
-                            constant_values=geometry.FILL_VALUE)
-            shift = tf.cast(tf.stack([left, top, left, top]), tf.float32)
+            canvas, shift = self.centre(image)
             return canvas, boxes + shift, labels
 
-        canvas, boxes, labels = tf.cond(use_mosaic, with_mosaic,
-                                        with_letterbox)
-        border = (size - tf.shape(canvas)[:2]) // 2
-        image, boxes, labels = geometry.random_perspective(
-            canvas, boxes, labels, seeds[_SEED_PERSPECTIVE],
-            degrees=hyp["degrees"], translate=hyp["translate"],
-            scale=hyp["scale"], shear=hyp["shear"],
-            perspective=hyp["perspective"], border=border)
-        image = tf.ensure_shape(image, [size, size, 3])
+        image, boxes, labels = self.warp(
+            *tf.cond(use_mosaic, with_mosaic, with_letterbox), seeds)
         # One padding row: unbatch() segfaults on zero-row boxes (_prepare).
         boxes = tf.concat([boxes, tf.zeros([1, 4])], 0)
         labels = tf.concat([labels, [-1]], 0)
@@ -229,24 +238,13 @@ class _PoolAugmenter:
 
         def with_letterbox():
             h, w = pool["size"][k, 0], pool["size"][k, 1]
-            top, left = (size - h) // 2, (size - w) // 2
-            canvas = tf.pad(pool["image"][k, :h, :w],
-                            [[top, size - h - top], [left, size - w - left],
-                             [0, 0]], constant_values=geometry.FILL_VALUE)
-            shift = tf.cast(tf.stack([left, top, left, top]), tf.float32)
+            canvas, shift = self.centre(pool["image"][k, :h, :w])
             boxes, labels = _pad_rows(pool["boxes"][k] + shift,
                                       pool["labels"][k], rows)
             return canvas, boxes, labels
 
-        canvas, boxes, labels = tf.cond(use_mosaic, with_mosaic,
-                                        with_letterbox)
-        border = (size - tf.shape(canvas)[:2]) // 2
-        image, boxes, labels = geometry.random_perspective(
-            canvas, boxes, labels, seeds[_SEED_PERSPECTIVE],
-            degrees=hyp["degrees"], translate=hyp["translate"],
-            scale=hyp["scale"], shear=hyp["shear"],
-            perspective=hyp["perspective"], border=border)
-        image = tf.ensure_shape(image, [size, size, 3])
+        image, boxes, labels = self.warp(
+            *tf.cond(use_mosaic, with_mosaic, with_letterbox), seeds)
         return image, boxes, labels, use_mosaic
 
     def finish(self, base, k):
