@@ -98,9 +98,12 @@ def test_mirrored_two_cpus_matches_one_device_for_the_same_global_batch(
     out = json.loads(lines[-1][len("RESULT"):])
     one, two = out["default"], out["mirrored"]
     assert one["replicas"] == 1 and two["replicas"] == 2
-    # "auto": XLA on one device, not under MirroredStrategy over CPUs (it
-    # fails there); the XLA path itself is tested on one device below.
-    assert one["jit"] is True and two["jit"] is False
+    # "auto": graph mode on CPU (XLA is slower there), and never XLA under
+    # MirroredStrategy over CPUs (it fails there); the XLA path itself is
+    # tested on one device below.
+    if not tf.config.list_physical_devices("GPU"):
+        assert one["jit"] is False
+    assert two["jit"] is False
     assert len(one["losses"]) == len(two["losses"]) == 8
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
     for a, b in zip(one["weights"], two["weights"]):
