@@ -1,5 +1,5 @@
 """v1, v2 and v3 under the `YoloLoss` contract: per-image values against the
-float64 numpy references of tests/test_v1.py, test_v2.py and test_v3.py
+float64 numpy references of tests/v1_cases.py, v2_cases.py and v3_cases.py
 evaluated one image at a time; sample_weight; state; YoloModel's logging."""
 
 import keras
@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import test_v1
-import test_v2
-import test_v3
+import v1_cases
+import v2_cases
+import v3_cases
 from keras_yolo.losses import YoloV1Loss, YoloV2Loss, YoloV3Loss
 from keras_yolo.models import YoloModel
 
 
 def v1_case():
-    boxes, labels, raw = test_v1.random_case(np.random.default_rng(0), 3, 4,
+    boxes, labels, raw = v1_cases.random_case(np.random.default_rng(0), 3, 4,
                                              2, 3, 5)
     labels[-1] = -1
 
     def reference(b):
-        return sum(test_v1.seed_loss_np(boxes[b:b + 1], labels[b:b + 1],
+        return sum(v1_cases.seed_loss_np(boxes[b:b + 1], labels[b:b + 1],
                                         raw[b:b + 1], 4, 2, 3).values())
 
     return YoloV1Loss, dict(num_classes=3, grid_size=4, boxes_per_cell=2), \
@@ -28,28 +28,28 @@ def v1_case():
 
 
 def v2_case():
-    raw, boxes, labels = test_v2.random_case(1)
+    raw, boxes, labels = v2_cases.random_case(1)
 
     def reference(b):
-        return sum(test_v2.seed_loss_np(raw[b:b + 1], boxes[b:b + 1],
+        return sum(v2_cases.seed_loss_np(raw[b:b + 1], boxes[b:b + 1],
                                         labels[b:b + 1],
-                                        test_v2.ANCHORS_CELLS).values())
+                                        v2_cases.ANCHORS_CELLS).values())
 
-    return YoloV2Loss, dict(num_classes=4, anchors=test_v2.ANCHORS), \
+    return YoloV2Loss, dict(num_classes=4, anchors=v2_cases.ANCHORS), \
         raw, boxes, labels, reference
 
 
 def v3_case():
-    raw, boxes, labels = test_v3.random_case(2, batch=3, spread=0.7)
-    raw = test_v3.plant_predictions(raw, boxes, labels)
+    raw, boxes, labels = v3_cases.random_case(2, batch=3, spread=0.7)
+    raw = v3_cases.plant_predictions(raw, boxes, labels)
 
     def reference(b):
-        parts = test_v3.seed_loss_np([r[b:b + 1] for r in raw],
+        parts = v3_cases.seed_loss_np([r[b:b + 1] for r in raw],
                                      boxes[b:b + 1], labels[b:b + 1],
-                                     test_v3.SMALL_ANCHORS, 3)[0]
+                                     v3_cases.SMALL_ANCHORS, 3)[0]
         return sum(parts.values())
 
-    return YoloV3Loss, dict(num_classes=3, anchors=test_v3.SMALL_ANCHORS), \
+    return YoloV3Loss, dict(num_classes=3, anchors=v3_cases.SMALL_ANCHORS), \
         raw, boxes, labels, reference
 
 
@@ -90,14 +90,14 @@ def test_config_round_trip_keeps_the_reduction(version):
 
 
 def test_v2_seen_advances_once_per_call_never_in_components():
-    raw, boxes, labels = test_v2.random_case(3)
+    raw, boxes, labels = v2_cases.random_case(3)
     y_true = {"boxes": boxes, "labels": labels}
-    loss = YoloV2Loss(num_classes=4, anchors=test_v2.ANCHORS,
+    loss = YoloV2Loss(num_classes=4, anchors=v2_cases.ANCHORS,
                       darknet_compat=True, seen=12797)
     # Batch 3: the next call computes with seen 12800, the prior term off.
     parts = loss.components(y_true, raw)
     assert int(loss.seen.numpy()) == 12797
-    frozen = YoloV2Loss(num_classes=4, anchors=test_v2.ANCHORS,
+    frozen = YoloV2Loss(num_classes=4, anchors=v2_cases.ANCHORS,
                         darknet_compat=True, seen=12800, count_seen=False)
     total, terms = loss.compute_terms(y_true, raw)
     assert int(loss.seen.numpy()) == 12800
@@ -129,7 +129,7 @@ def small_v2_model():
 def test_yolo_model_logs_terms_counts_pixel_boxes_past_the_far_edge_and_weights():
     keras.utils.set_random_seed(0)
     model = small_v2_model()
-    loss = YoloV2Loss(num_classes=4, anchors=test_v2.ANCHORS,
+    loss = YoloV2Loss(num_classes=4, anchors=v2_cases.ANCHORS,
                       bounding_box_format="xyxy")
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss,
                   jit_compile=True)
@@ -145,7 +145,7 @@ def test_yolo_model_logs_terms_counts_pixel_boxes_past_the_far_edge_and_weights(
     assert history.history["invalid_boxes"] == [4.0]
     clean = {"boxes": boxes[:, :1], "labels": labels[:, :1]}
     outputs = model(images)
-    per_image = YoloV2Loss(num_classes=4, anchors=test_v2.ANCHORS,
+    per_image = YoloV2Loss(num_classes=4, anchors=v2_cases.ANCHORS,
                            bounding_box_format="xyxy", reduction="none")(
         clean, outputs).numpy()
     batches = [(weights[i:i + 2] * per_image[i:i + 2]).sum() / 2

@@ -1,5 +1,4 @@
-"""YOLOv2: the seed's objective in float64 numpy, decoding, and darknet parity.
-
+"""YoloV2Loss: the seed's objective in float64 numpy and darknet parity.
 The default mode is checked against `seed_loss_np`, a loop-by-loop float64
 reading of the seed's formula (symbols read as in `YoloV2Loss`'s docstring:
 x, y, w, h in grid cells with x = logistic(t_x) + c_x and w = p_w e^{t_w};
@@ -20,105 +19,8 @@ from keras_yolo.assign.groundtruth import GroundTruthError
 from keras_yolo.layers import YoloV2Decode
 from keras_yolo.losses import YoloV2Loss
 from keras_yolo.models import YoloModel
-
-STRIDE = 32
-ANCHORS_CELLS = np.array([[1.0, 1.5], [2.2, 3.0], [3.5, 2.0]])
-ANCHORS = (ANCHORS_CELLS * STRIDE)[None]  # (1, A, 2) pixels
-
-
-def sigmoid(t):
-    return 1.0 / (1.0 + np.exp(-t))
-
-
-def softmax(t):
-    e = np.exp(t - t.max())
-    return e / e.sum()
-
-
-def iou_center(a, b):
-    """IoU of two centre-size boxes via corners, float64."""
-    iw = max(min(a[0] + a[2] / 2, b[0] + b[2] / 2)
-             - max(a[0] - a[2] / 2, b[0] - b[2] / 2), 0.0)
-    ih = max(min(a[1] + a[3] / 2, b[1] + b[3] / 2)
-             - max(a[1] - a[3] / 2, b[1] - b[3] / 2), 0.0)
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
-def responsible(boxes, labels, grid, anchors_cells):
-    """{(row, col, anchor): truth index}, later truths overwriting."""
-    height, width = grid
-    slots = {}
-    for m, (box, label) in enumerate(zip(boxes, labels)):
-        if label < 0:
-            continue
-        col = min(int(np.floor(box[0] * width)), width - 1)
-        row = min(int(np.floor(box[1] * height)), height - 1)
-        shape = (0.0, 0.0, box[2] * width, box[3] * height)
-        ious = [iou_center(shape, (0.0, 0.0, pw, ph)) for pw, ph in anchors_cells]
-        slots[(row, col, int(np.argmax(ious)))] = m
-    return slots
-
-
-def seed_loss_np(raw, boxes, labels, anchors_cells, lambda_coord=1.0,
-                 lambda_obj=5.0, lambda_noobj=1.0, lambda_class=1.0,
-                 ignore_thresh=None):
-    """The seed's YOLOv2 loss, term by term, float64, averaged over images."""
-    raw = np.asarray(raw, np.float64)
-    batch, height, width, num_anchors, _ = raw.shape
-    total = dict(box=0.0, obj=0.0, noobj=0.0, cls=0.0)
-    for b in range(batch):
-        slots = responsible(boxes[b], labels[b], (height, width), anchors_cells)
-        truths = [boxes[b][m] for m in range(len(labels[b])) if labels[b][m] >= 0]
-        for row in range(height):
-            for col in range(width):
-                for a in range(num_anchors):
-                    t = raw[b, row, col, a]
-                    x_hat = sigmoid(t[0]) + col          # grid cells
-                    y_hat = sigmoid(t[1]) + row
-                    w_hat = anchors_cells[a][0] * np.exp(t[2])
-                    h_hat = anchors_cells[a][1] * np.exp(t[3])
-                    c_hat = sigmoid(t[4])
-                    pred_rel = (x_hat / width, y_hat / height, w_hat / width,
-                                h_hat / height)
-                    m = slots.get((row, col, a))
-                    if m is None:
-                        best = max([iou_center(pred_rel, g) for g in truths],
-                                   default=0.0)
-                        if ignore_thresh is None or best <= ignore_thresh:
-                            total["noobj"] += lambda_noobj * c_hat**2
-                        continue
-                    x, y, w, h = boxes[b][m]
-                    total["box"] += lambda_coord * (2 - w * h) * (
-                        (x * width - x_hat) ** 2 + (y * height - y_hat) ** 2
-                        + (w * width - w_hat) ** 2 + (h * height - h_hat) ** 2)
-                    total["obj"] += lambda_obj * (
-                        iou_center((x, y, w, h), pred_rel) - c_hat) ** 2
-                    p = np.eye(raw.shape[-1] - 5)[labels[b][m]]
-                    total["cls"] += lambda_class * np.sum(
-                        (p - softmax(t[5:])) ** 2)
-    return {k: v / batch for k, v in total.items()}
-
-
-def random_case(seed, batch=3, grid=(5, 7), num_classes=4, max_boxes=6,
-                scale=1.0):
-    """Raw outputs and rel_center_xywh truths; image 0 gets two truths in
-    one cell and anchor, the last image none."""
-    rng = np.random.default_rng(seed)
-    height, width = grid
-    raw = rng.normal(0, scale, (batch, height, width, 3, 5 + num_classes))
-    boxes = np.zeros((batch, max_boxes, 4))
-    labels = np.full((batch, max_boxes), -1)
-    for b in range(batch - 1):
-        n = rng.integers(2, max_boxes + 1)
-        xy = rng.uniform(0.02, 0.98, (n, 2))
-        wh = rng.uniform(0.05, 0.7, (n, 2))
-        boxes[b, :n] = np.concatenate([xy, wh], 1)
-        labels[b, :n] = rng.integers(0, num_classes, n)
-    boxes[0, 1] = boxes[0, 0] + [0.001, 0.001, 0.01, -0.01]  # same slot
-    labels[0, 1] = (labels[0, 0] + 1) % num_classes
-    return raw.astype(np.float32), boxes.astype(np.float32), labels.astype(np.int32)
+from references import sigmoid
+from v2_cases import ANCHORS, ANCHORS_CELLS, STRIDE, random_case, responsible, seed_loss_np
 
 
 def components(loss, raw, boxes, labels, **kwargs):
@@ -233,34 +135,6 @@ def test_float16_outputs_and_images_without_truth():
     assert float(parts["box"]) == 0 and float(parts["cls"]) == 0
     ref = seed_loss_np(raw.astype(np.float16), boxes, labels, ANCHORS_CELLS)
     assert float(parts["noobj"]) == pytest.approx(ref["noobj"], rel=1e-4)
-
-
-# --- decoding -----------------------------------------------------------------
-
-@pytest.mark.parametrize("fmt", ["rel_center_xywh", "xyxy"])
-def test_decode_matches_numpy(fmt):
-    raw, _, _ = random_case(8, grid=(4, 6))
-    out = YoloV2Decode(anchors=ANCHORS, bounding_box_format=fmt)(raw)
-    b, h, w, a = 1, 2, 5, 2
-    t = raw[b, h, w, a].astype(np.float64)
-    x = (sigmoid(t[0]) + w) / 6
-    y = (sigmoid(t[1]) + h) / 4
-    bw = ANCHORS_CELLS[a, 0] * np.exp(t[2]) / 6
-    bh = ANCHORS_CELLS[a, 1] * np.exp(t[3]) / 4
-    expected = np.array([x, y, bw, bh])
-    if fmt == "xyxy":
-        size = np.array([6 * STRIDE, 4 * STRIDE] * 2)
-        expected = np.array([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2]) * size
-    n = (h * 6 + w) * 3 + a
-    assert out["boxes"].shape == (3, 4 * 6 * 3, 4)
-    np.testing.assert_allclose(out["boxes"][b, n], expected, rtol=1e-5)
-    assert float(out["objectness"][b, n]) == pytest.approx(sigmoid(t[4]), rel=1e-6)
-    np.testing.assert_allclose(out["class_probs"][b, n], softmax(t[5:]), rtol=1e-5)
-
-
-def test_decode_default_anchors_are_yolov2_coco():
-    layer = YoloV2Decode()
-    assert layer.anchors == default_anchors.YOLOV2_COCO_ANCHORS
 
 
 # --- darknet_compat: libdarknet's [region] layer --------------------------------
@@ -451,27 +325,6 @@ def test_bad_arguments_are_named():
     with pytest.raises(GroundTruthError, match="image 0 row 0: field 'labels'"):
         loss.components({"boxes": boxes, "labels": labels + 3},
                         tf.constant(raw[..., :8]))
-
-
-def test_small_v2_passthrough_model_gets_gradients():
-    from keras_yolo.models.small_v2 import small_v2
-    model = small_v2(num_classes=2, num_anchors=3, input_size=64, width=2,
-                     passthrough_filters=2)
-    assert model.output_shape == (None, 2, 2, 3, 7)
-    # The passthrough: stride-16 features (4 x 4) reorganised to 2 x 2.
-    assert model.get_layer("reorg").output.shape[1:3] == (2, 2)
-    assert model.get_layer("route").output.shape[-1] == 2 * 4 + 64
-    loss = YoloV2Loss(num_classes=2, anchors=ANCHORS)
-    images = np.random.default_rng(0).uniform(size=(2, 64, 64, 3))
-    y = {"boxes": np.array([[[0.3, 0.4, 0.2, 0.3]]] * 2, np.float32),
-         "labels": np.array([[1], [0]], np.int32)}
-    with tf.GradientTape() as tape:
-        value = loss(y, model(images.astype(np.float32), training=True))
-    passthrough = model.get_layer("passthrough").kernel
-    grads = tape.gradient(value, model.trainable_weights + [passthrough])
-    assert np.isfinite(float(value))
-    assert all(np.all(np.isfinite(g)) for g in grads)
-    assert float(tf.reduce_max(tf.abs(grads[-1]))) > 0  # the route is used
 
 
 @pytest.mark.parametrize("darknet_compat", [False, True])

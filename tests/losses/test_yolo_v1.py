@@ -1,4 +1,4 @@
-"""YOLOv1: the seed's objective in float64 numpy, hand cases, and darknet parity."""
+"""YoloV1Loss: the seed's objective in float64 numpy, hand cases, and darknet parity."""
 
 import os
 
@@ -10,99 +10,10 @@ import tensorflow as tf
 from conftest import require_file
 from keras_yolo.assign import yolo_v1 as assign
 from keras_yolo.layers import YoloV1Decode
-from keras_yolo.layers.yolo_v1_decode import (
-    from_darknet_layout, to_darknet_layout)
+from keras_yolo.layers.yolo_v1_decode import to_darknet_layout
 from keras_yolo.losses import YoloV1Loss
-
-
-def sigmoid(t):
-    return 1.0 / (1.0 + np.exp(-t))
-
-
-def softmax(t):
-    e = np.exp(t - t.max())
-    return e / e.sum()
-
-
-def iou_abs(a, b):
-    """IoU of two absolute centre-size boxes via corners (float64)."""
-    ax1, ay1, ax2, ay2 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
-    bx1, by1, bx2, by2 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
-    iw = max(min(ax2, bx2) - max(ax1, bx1), 0.0)
-    ih = max(min(ay2, by2) - max(ay1, by1), 0.0)
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
-def kept_objects(boxes, labels, s):
-    """{(row, col): (x_off, y_off, w, h, label)}: the first object per cell."""
-    cells = {}
-    for box, label in zip(boxes, labels):
-        if label < 0:
-            continue
-        col = min(int(box[0] * s), s - 1)
-        row = min(int(box[1] * s), s - 1)
-        if (row, col) not in cells:
-            cells[(row, col)] = (box[0] * s - col, box[1] * s - row,
-                                 box[2], box[3], int(label))
-    return cells
-
-
-def seed_loss_np(boxes, labels, raw, s, nb, c, lambda_coord=5.0,
-                 lambda_noobj=0.5):
-    """The seed's YOLOv1 loss, term by term, in float64 (batch mean)."""
-    raw = np.asarray(raw, np.float64)
-    total = dict(box=0.0, obj=0.0, noobj=0.0, cls=0.0)
-    for b in range(raw.shape[0]):
-        cells = kept_objects(boxes[b], labels[b], s)
-        for row in range(s):
-            for col in range(s):
-                v = raw[b, row, col]
-                preds = [sigmoid(v[5 * j:5 * j + 5]) for j in range(nb)]
-                probs = softmax(v[5 * nb:])
-                if (row, col) not in cells:
-                    for p in preds:
-                        total["noobj"] += lambda_noobj * p[4] ** 2
-                    continue
-                tx, ty, tw, th, label = cells[(row, col)]
-                truth = ((col + tx) / s, (row + ty) / s, tw, th)
-                ious = [iou_abs(((col + p[0]) / s, (row + p[1]) / s, p[2], p[3]),
-                                truth) for p in preds]
-                if max(ious) > 0:
-                    best = int(np.argmax(ious))
-                else:
-                    dist = [(p[0] / s - tx / s) ** 2 + (p[1] / s - ty / s) ** 2
-                            + (p[2] - tw) ** 2 + (p[3] - th) ** 2 for p in preds]
-                    best = int(np.argmin(dist))
-                for j, p in enumerate(preds):
-                    if j != best:
-                        total["noobj"] += lambda_noobj * p[4] ** 2
-                        continue
-                    total["box"] += lambda_coord * (
-                        (p[0] - tx) ** 2 + (p[1] - ty) ** 2
-                        + (np.sqrt(p[2]) - np.sqrt(tw)) ** 2
-                        + (np.sqrt(p[3]) - np.sqrt(th)) ** 2)
-                    total["obj"] += (ious[j] - p[4]) ** 2
-                onehot = np.eye(c)[label] if label < c else np.zeros(c)
-                total["cls"] += np.sum((onehot - probs) ** 2)
-    return {k: v / raw.shape[0] for k, v in total.items()}
-
-
-def gt(boxes, labels):
-    return {"boxes": tf.constant(boxes, tf.float32),
-            "labels": tf.constant(labels, tf.int32)}
-
-
-def random_case(rng, batch, s, nb, c, m, raw_scale=2.0):
-    boxes = np.stack([rng.uniform(0.02, 0.98, (batch, m)),
-                      rng.uniform(0.02, 0.98, (batch, m)),
-                      rng.uniform(0.05, 0.7, (batch, m)),
-                      rng.uniform(0.05, 0.7, (batch, m))], -1)
-    labels = rng.integers(0, c, (batch, m))
-    labels[rng.uniform(size=(batch, m)) < 0.3] = -1
-    raw = rng.normal(0, raw_scale, (batch, s, s, nb * 5 + c))
-    return boxes.astype(np.float32), labels.astype(np.int32), raw.astype(np.float32)
+from references import center_iou, sigmoid
+from v1_cases import gt, kept_objects, random_case, seed_loss_np
 
 
 def components(loss, boxes, labels, raw):
@@ -209,7 +120,7 @@ def test_no_overlap_falls_back_to_nearest_box():
     boxes = np.array([[[0.025, 0.025, 0.02, 0.02]]], np.float32)  # cell (0, 0)
     pred = np.stack([sigmoid(raw[0, 0, 0, 0:4]), sigmoid(raw[0, 0, 0, 5:9])])
     t = [0.05, 0.05, 0.02, 0.02]
-    ious = [iou_abs((p[0] / s, p[1] / s, p[2], p[3]), (t[0] / s, t[1] / s, t[2], t[3]))
+    ious = [center_iou((p[0] / s, p[1] / s, p[2], p[3]), (t[0] / s, t[1] / s, t[2], t[3]))
             for p in pred]
     assert max(ious) == 0.0   # the case under test
     one_hot, _ = assign.responsible_predictor(
@@ -220,14 +131,6 @@ def test_no_overlap_falls_back_to_nearest_box():
     want = seed_loss_np(boxes, [[0]], raw, s, nb, c)
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
-
-
-def test_iou_ties_go_to_the_lowest_index():
-    pred = tf.constant([[[[[0.5, 0.5, 0.2, 0.2]] * 3]]], tf.float32)
-    truth = tf.constant([[[[0.5, 0.5, 0.2, 0.2]]]], tf.float32)
-    one_hot, iou = assign.responsible_predictor(pred, truth, 7)
-    np.testing.assert_allclose(iou.numpy().ravel(), [1, 1, 1], rtol=1e-6)
-    np.testing.assert_array_equal(one_hot.numpy().ravel(), [1, 0, 0])
 
 
 def test_pixel_format_equals_relative():
@@ -265,7 +168,7 @@ def test_linear_parametrization_matches_numpy_on_raw_values():
                 want["noobj"] += sum(0.5 * p[4] ** 2 for p in preds)
                 continue
             tx, ty, tw, th, label = cells[(row, col)]
-            ious = [iou_abs(((col + p[0]) / s, (row + p[1]) / s, p[2] ** 2, p[3] ** 2),
+            ious = [center_iou(((col + p[0]) / s, (row + p[1]) / s, p[2] ** 2, p[3] ** 2),
                             ((col + tx) / s, (row + ty) / s, tw, th)) for p in preds]
             best = int(np.argmax(ious))
             assert ious[best] > 0
@@ -280,82 +183,6 @@ def test_linear_parametrization_matches_numpy_on_raw_values():
             want["cls"] += np.sum((np.eye(c)[label] - v[5 * nb:]) ** 2)
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
-
-
-# --- decoding -------------------------------------------------------------------
-
-def test_decode_logistic_matches_numpy():
-    rng = np.random.default_rng(6)
-    s, nb, c = 3, 2, 4
-    raw = rng.normal(size=(2, s, s, nb * 5 + c)).astype(np.float32)
-    out = {k: v.numpy() for k, v in YoloV1Decode(c, s, nb)(tf.constant(raw)).items()}
-    for b in range(2):
-        for row in range(s):
-            for col in range(s):
-                probs = softmax(raw[b, row, col, nb * 5:].astype(np.float64))
-                for j in range(nb):
-                    t = raw[b, row, col, 5 * j:5 * j + 5].astype(np.float64)
-                    n = (row * s + col) * nb + j
-                    box = [(col + sigmoid(t[0])) / s, (row + sigmoid(t[1])) / s,
-                           sigmoid(t[2]), sigmoid(t[3])]
-                    np.testing.assert_allclose(out["boxes"][b, n], box, rtol=1e-5)
-                    assert out["objectness"][b, n] == pytest.approx(sigmoid(t[4]), rel=1e-5)
-                    np.testing.assert_allclose(out["class_probs"][b, n], probs, rtol=1e-5)
-
-
-def test_decode_linear_is_darknets_get_detection_boxes():
-    # darknet: x = (t_x + col) / S * w_img, w = t_w^2 * w_img, scale = t_o.
-    rng = np.random.default_rng(7)
-    s, nb, c = 3, 2, 2
-    raw = rng.uniform(0, 1, (1, s, s, nb * 5 + c)).astype(np.float32)
-    out = YoloV1Decode(c, s, nb, bounding_box_format="center_xywh",
-                       image_shape=(60, 90), parametrization="linear")(tf.constant(raw))
-    out = {k: v.numpy() for k, v in out.items()}
-    flat = to_darknet_layout(tf.constant(raw), nb, c).numpy()[0]
-    for i in range(s * s):
-        row, col = divmod(i, s)
-        for j in range(nb):
-            box_index = s * s * (c + nb) + (i * nb + j) * 4
-            p = flat[box_index:box_index + 4]
-            want = [(p[0] + col) / s * 90, (p[1] + row) / s * 60,
-                    p[2] ** 2 * 90, p[3] ** 2 * 60]
-            np.testing.assert_allclose(out["boxes"][0, i * nb + j], want, rtol=1e-5, atol=1e-4)
-            assert out["objectness"][0, i * nb + j] == pytest.approx(
-                flat[s * s * c + i * nb + j])
-            np.testing.assert_allclose(out["class_probs"][0, i * nb + j],
-                                       flat[i * c:(i + 1) * c])
-
-
-def test_decode_inverts_the_assignment_units():
-    # Raw outputs built from the targets (logit of offsets and sizes) decode
-    # back to the kept truth boxes: loss and decoding agree on units.
-    rng = np.random.default_rng(16)
-    boxes, labels, _ = random_case(rng, batch=2, s=4, nb=1, c=3, m=8)
-    t = assign.cell_targets(boxes, labels, 4, 3)
-    p = np.clip(t["boxes"].numpy(), 1e-4, 1 - 1e-4)
-    raw = np.concatenate([np.log(p / (1 - p)), np.zeros((2, 4, 4, 4))], -1)
-    out = YoloV1Decode(3, 4, 1)(tf.constant(raw, tf.float32))["boxes"].numpy()
-    for b in range(2):
-        for (row, col), _ in kept_objects(boxes[b], labels[b], 4).items():
-            first = next(m for m in range(8) if labels[b, m] >= 0
-                         and min(int(boxes[b, m, 0] * 4), 3) == col
-                         and min(int(boxes[b, m, 1] * 4), 3) == row)
-            np.testing.assert_allclose(out[b, row * 4 + col], boxes[b, first],
-                                       atol=1e-4)
-
-
-def test_darknet_layout_round_trip_and_positions():
-    s, nb, c = 2, 3, 4
-    raw = tf.reshape(tf.range(2 * s * s * (nb * 5 + c), dtype=tf.float32),
-                     [2, s, s, nb * 5 + c])
-    flat = to_darknet_layout(raw, nb, c)
-    np.testing.assert_array_equal(from_darknet_layout(flat, s, nb, c), raw)
-    # Cell (row 1, col 0) = darknet cell 2; its box 1's t_w and class 3.
-    r = raw.numpy()[0, 1, 0]
-    f = flat.numpy()[0]
-    assert f[s * s * (c + nb) + (2 * nb + 1) * 4 + 2] == r[5 + 2]
-    assert f[2 * c + 3] == r[nb * 5 + 3]
-    assert f[s * s * c + 2 * nb + 1] == r[5 + 4]
 
 
 # --- darknet parity -------------------------------------------------------------
@@ -540,52 +367,3 @@ def test_bad_arguments_are_named():
             gt(np.zeros((1, 1, 4)), [[0]]), tf.zeros([1, 7, 7, 12]))
     with pytest.raises(ValueError, match="sqrt"):
         YoloV1Decode(3, parametrization="logistic", sqrt=False)
-
-
-# --- the small model ---------------------------------------------------------------
-
-def test_small_v1_output_and_one_fit_step():
-    from keras_yolo.models import YoloModel
-    from keras_yolo.models.small_v1 import small_v1
-    model = small_v1(num_classes=3, grid_size=5, boxes_per_cell=2, input_size=64,
-                     filters=(8, 8, 16), hidden_units=32, dropout=0.0)
-    assert isinstance(model, YoloModel)
-    assert model.output_shape == (None, 5, 5, 13)
-    # The output bias starts every confidence at PRIOR_CONFIDENCE.
-    decoded = YoloV1Decode(3, 5, 2)(model(tf.zeros([1, 64, 64, 3]), training=False))
-    np.testing.assert_allclose(decoded["objectness"], 0.1, atol=0.05)
-    rng = np.random.default_rng(14)
-    boxes, labels, _ = random_case(rng, batch=4, s=5, nb=2, c=3, m=3)
-    images = rng.uniform(size=(4, 64, 64, 3)).astype(np.float32)
-    loss = YoloV1Loss(3, 5, 2)
-    model.compile(keras.optimizers.SGD(0.0), loss=loss, jit_compile=False)
-    logs = model.train_on_batch(images, gt(boxes, labels), return_dict=True)
-    # YoloModel hands the ground-truth dict to the loss: fit's loss is the
-    # loss of the training-mode output (no dropout, batch-norm batch stats).
-    want = float(loss(gt(boxes, labels), model(images, training=True)))
-    assert logs["loss"] == pytest.approx(want, rel=1e-5)
-
-
-@pytest.mark.slow
-def test_small_v1_fits_and_detects_its_training_images():
-    # End to end: model.fit with YoloV1Loss, then YoloV1Decode, NMS and COCO
-    # mAP in inference mode on the same 64 images (measured: 0.94; the
-    # ceiling is below 1 because a cell keeps one object).
-    from keras_yolo.data import shapes
-    from keras_yolo.metrics import coco_map
-    from keras_yolo.models.small_v1 import small_v1
-    from keras_yolo.postprocess import non_max_suppression
-    keras.utils.set_random_seed(0)
-    ds = shapes(64, 128, 3, seed=0).cache()
-    model = small_v1(3, 7, 2, input_size=128, dropout=0.0)
-    model.compile(keras.optimizers.Adam(1e-3), loss=YoloV1Loss(3, 7, 2),
-                  jit_compile=True)
-    model.fit(ds.batch(32), epochs=60, verbose=0)
-    images, y = next(iter(ds.batch(64)))
-    decoded = YoloV1Decode(3, 7, 2)(model(images, training=False))
-    det = non_max_suppression(decoded, conf_thres=0.001, iou_thres=0.5,
-                              max_det=100, bounding_box_format="rel_center_xywh")
-    result = coco_map({k: v.numpy() for k, v in y.items()},
-                      {k: v.numpy() for k, v in det.items()},
-                      "rel_center_xywh", image_shape=(128, 128), num_classes=3)
-    assert result["map50"] > 0.8

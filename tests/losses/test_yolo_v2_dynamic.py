@@ -16,8 +16,8 @@ from keras_yolo.layers import YoloV2Decode
 from keras_yolo.layers.yolo_v2_decode import MAX_LOG_SCALE
 from keras_yolo.losses import YoloV2Loss
 from keras_yolo.losses.yolo_v2 import MAX_PREDICTED_CELLS
-from test_v1_dynamic import eager_epoch_loss, padded_batch_dataset, value_and_grad
-from test_v2 import ANCHORS, ANCHORS_CELLS, random_case, seed_loss_np
+from test_yolo_v1_dynamic import eager_epoch_loss, padded_batch_dataset, value_and_grad
+from v2_cases import ANCHORS, ANCHORS_CELLS, random_case, seed_loss_np
 
 A, C = 3, 4
 DEPTH = 5 + C

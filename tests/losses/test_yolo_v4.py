@@ -1,6 +1,6 @@
-"""YOLOv4: decoding, assignment and the loss against the float64 reference
-(`v4_reference.py`, transcribed from AlexeyAB darknet's yolo_layer.c / box.c
-and the seed's formula) and against TF Model Garden's DarknetLoss."""
+"""YoloV4Loss against the float64 reference (`v4_reference.py`, transcribed from
+AlexeyAB darknet's yolo_layer.c / box.c and the seed's formula) and against TF Model
+Garden's DarknetLoss."""
 
 import math
 
@@ -12,62 +12,8 @@ import tensorflow as tf
 import v4_reference as ref
 from conftest import require_peer
 from keras_yolo.assign import yolo_v4 as assign_v4
-from keras_yolo.layers import YoloV4Decode
 from keras_yolo.losses import YoloV4Loss
-
-# Small anchors for a 64x64 input: grids 8, 4, 2; shapes chosen so that most
-# truths have several anchors above iou_thresh, some on other levels.
-ANCHORS = [[(6, 8), (10, 14), (14, 10)], [(18, 24), (24, 18), (28, 36)],
-           [(40, 30), (48, 56), (60, 60)]]
-STRIDES = (8, 16, 32)
-SXY = (1.2, 1.1, 1.05)
-GRIDS = (8, 4, 2)
-IMAGE = 64
-C = 3
-
-
-def plant(raws, truth, level, anchor, grow=1.05):
-    """Sets the raw output of (level, cell of truth, anchor) so that its
-    decoded box is the truth `grow`n in size (IoU > 0.7)."""
-    g, s = GRIDS[level], SXY[level]
-    i, j = min(int(truth[0] * g), g - 1), min(int(truth[1] * g), g - 1)
-    aw, ah = ANCHORS[level][anchor]
-    for axis, cell in ((0, i), (1, j)):
-        p = (truth[axis] * g - cell + (s - 1) / 2) / s
-        raws[level][:, j, i, anchor, axis] = math.log(p / (1 - p))
-    net = g * STRIDES[level]
-    raws[level][:, j, i, anchor, 2] = math.log(truth[2] * net * grow / aw)
-    raws[level][:, j, i, anchor, 3] = math.log(truth[3] * net * grow / ah)
-    return j, i
-
-
-def make_case(seed, batch=3):
-    """Random outputs and truths: cell-border centres, several anchors per
-    truth, two truths sharing an anchor, planted high-IoU predictions with
-    and without a confident class, and an empty last image."""
-    rng = np.random.default_rng(seed)
-    m = 7
-    raws = [rng.normal(0, 1, (batch, g, g, 3, 5 + C)) for g in GRIDS]
-    truths = np.zeros((batch, m, 4))
-    truths[..., :2] = rng.uniform(0.05, 0.95, (batch, m, 2))
-    truths[..., 2:] = rng.uniform(0.08, 0.7, (batch, m, 2))
-    labels = rng.integers(0, C, (batch, m))
-    # Centres on cell borders of the 8x8 grid (3/8 exactly, just below 5/8).
-    truths[:, 0, 0] = 3 / 8
-    truths[:, 1, 1] = 5 / 8 - 1e-3
-    # Truth 6 repeats truth 5's cell and shape with another class.
-    truths[:, 6] = truths[:, 5] + [1e-3, 0, 0.01, 0]
-    labels[:, 6] = (labels[:, 5] + 1) % C
-    labels[-1] = -1  # an empty image
-    labels[0, 4] = -1  # padding in the middle of a row
-    for b in range(batch - 1):
-        for t, class_logit in ((2, -4.0), (3, 1.0)):
-            for level in (0, 1):
-                for anchor in range(3):
-                    j, i = plant([r[b:b + 1] for r in raws], truths[b, t],
-                                 level, anchor)
-                    raws[level][b, j, i, anchor, 5:] = class_logit
-    return raws, truths.astype(np.float32), labels.astype(np.int32)
+from v4_cases import ANCHORS, C, GRIDS, IMAGE, STRIDES, SXY, make_case, plant, v4_loss
 
 
 def tf_grads(loss, raws, truths, labels):
@@ -76,74 +22,6 @@ def tf_grads(loss, raws, truths, labels):
         tape.watch(preds)
         total = loss({"boxes": truths, "labels": labels}, preds)
     return total, [g.numpy() for g in tape.gradient(total, preds)]
-
-
-def v4_loss(**kwargs):
-    kwargs = {"scale_x_y": SXY, **kwargs}
-    return YoloV4Loss(num_classes=C, anchors=ANCHORS, strides=STRIDES, **kwargs)
-
-
-# --- assignment ---------------------------------------------------------------
-def test_assign_best_anchor_and_all_above_iou_thresh():
-    raws, truths, labels = make_case(0)
-    out = assign_v4.assign(truths, labels >= 0, ANCHORS, [(g, g) for g in GRIDS],
-                           (IMAGE, IMAGE), 0.213)
-    mask, cells = out["mask"].numpy(), out["cells"].numpy()
-    flat = [a for level in ANCHORS for a in level]
-    several = 0
-    for b in range(truths.shape[0]):
-        for t in range(truths.shape[1]):
-            ious = [ref.box_iou((0, 0, w / IMAGE, h / IMAGE),
-                                (0, 0, truths[b, t, 2], truths[b, t, 3]))
-                    for w, h in flat]
-            want = np.array(ious) > 0.213
-            want[int(np.argmax(ious))] = True
-            want &= labels[b, t] >= 0
-            np.testing.assert_array_equal(mask[b, t].reshape(-1), want)
-            several += want.sum() >= 2
-            for level, g in enumerate(GRIDS):
-                assert tuple(cells[b, t, level]) == (int(truths[b, t, 1] * g),
-                                                     int(truths[b, t, 0] * g))
-    assert several >= 5
-    assert cells[0, 0, 0, 1] == 3 and cells[0, 1, 0, 0] == 4  # the borders
-
-
-def test_iou_thresh_one_keeps_only_the_best_anchor():
-    _, truths, labels = make_case(1)
-    out = assign_v4.assign(truths, labels >= 0, ANCHORS, [(g, g) for g in GRIDS],
-                           (IMAGE, IMAGE), 1.0)
-    per_truth = out["mask"].numpy().reshape(truths.shape[0], truths.shape[1], -1)
-    np.testing.assert_array_equal(per_truth.sum(-1), (labels >= 0).astype(int))
-
-
-# --- decoding -----------------------------------------------------------------
-def test_decode_matches_reference_and_reaches_past_cell_borders():
-    raws, _, _ = make_case(2)
-    raws[0][0, 2, 3, 1, 0:2] = [30.0, -30.0]  # saturated logistic
-    layer = YoloV4Decode(anchors=ANCHORS, strides=STRIDES, scale_x_y=SXY)
-    out = layer([tf.constant(r, tf.float32) for r in raws])
-    want = [ref.decode(r, ANCHORS[l], STRIDES[l], SXY[l]) for l, r in enumerate(raws)]
-    np.testing.assert_allclose(out["boxes"], np.concatenate([w[0] for w in want], 1),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out["objectness"], np.concatenate([w[1] for w in want], 1),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out["class_probs"], np.concatenate([w[2] for w in want], 1),
-                               rtol=1e-5, atol=1e-6)
-    # Cell (j=2, i=3), anchor 1 of P3: x = (3 + 1.1) / 8, y = (2 - 0.1) / 8.
-    index = (2 * 8 + 3) * 3 + 1
-    np.testing.assert_allclose(out["boxes"][0, index, :2], [4.1 / 8, 1.9 / 8], atol=1e-6)
-
-
-def test_decode_pixel_format_and_config_round_trip():
-    raws, _, _ = make_case(3)
-    layer = YoloV4Decode(anchors=ANCHORS, strides=STRIDES, scale_x_y=SXY,
-                         bounding_box_format="xyxy")
-    clone = YoloV4Decode.from_config(layer.get_config())
-    preds = [tf.constant(r, tf.float32) for r in raws]
-    rel = YoloV4Decode(anchors=ANCHORS, strides=STRIDES, scale_x_y=SXY)(preds)["boxes"].numpy()
-    want = np.concatenate([rel[..., :2] - rel[..., 2:] / 2, rel[..., :2] + rel[..., 2:] / 2], -1) * IMAGE
-    np.testing.assert_allclose(clone(preds)["boxes"], want, rtol=1e-5, atol=1e-4)
-    assert clone.get_config() == layer.get_config()
 
 
 # --- box.c's dx_box_iou against true derivatives (hand relations) -------------------
@@ -512,37 +390,3 @@ def test_model_garden_xy_gradients_when_prediction_inside_truth():
         np.testing.assert_allclose(ours[level][..., 0:2], mg[level][..., 0:2], atol=1e-5)
         checked += np.sum(np.abs(mg[level][..., 0]) > 1e-4)
     assert checked >= 4
-
-
-# --- the small CSP / Mish / SPP / PAN model ------------------------------------------
-def test_small_v4_outputs_levels_for_the_loss_and_decoder():
-    from keras_yolo.models import YoloModel
-    from keras_yolo.models.small_v4 import small_v4
-
-    model = small_v4(num_classes=C, input_shape=(64, 64, 3), width=0.25)
-    assert isinstance(model, YoloModel)
-    assert [tuple(o.shape[1:]) for o in model.outputs] == [(8, 8, 3, 8), (4, 4, 3, 8), (2, 2, 3, 8)]
-    activations = {getattr(layer, "activation", None) for layer in model.layers}
-    assert {"mish", "leaky"} <= activations
-    assert any(type(layer).__name__ == "SpatialPyramidPooling" for layer in model.layers)
-    images = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
-    outputs = model(images)
-    _, truths, labels = make_case(17, batch=2)
-    value = v4_loss()({"boxes": truths, "labels": labels}, outputs)
-    assert np.isfinite(float(value))
-    decoded = YoloV4Decode(anchors=ANCHORS, scale_x_y=SXY)(outputs)
-    assert decoded["boxes"].shape == (2, 3 * (64 + 16 + 4), 4)
-
-
-@pytest.mark.slow
-def test_small_v4_fit_lowers_the_v4_loss():
-    from keras_yolo.models.small_v4 import small_v4
-
-    keras.utils.set_random_seed(0)
-    model = small_v4(num_classes=C, input_shape=(64, 64, 3), width=0.5)
-    model.compile(keras.optimizers.Adam(2e-3), loss=v4_loss())
-    _, truths, labels = make_case(18, batch=4)
-    images = np.random.default_rng(1).uniform(0, 1, (4, 64, 64, 3)).astype(np.float32)
-    y = {"boxes": truths, "labels": labels}
-    history = model.fit(images, y, batch_size=4, epochs=15, verbose=0)
-    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]

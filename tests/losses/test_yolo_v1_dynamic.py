@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_yolo.assign.groundtruth import GroundTruthError
 from keras_yolo.layers import YoloV1Decode
 from keras_yolo.losses import YoloV1Loss
-from test_v1 import gt, random_case, seed_loss_np
+from v1_cases import gt, random_case, seed_loss_np
 
 S, NB, C = 3, 2, 3
 DEPTH = NB * 5 + C

@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import require_peer
-
 import keras
+
+from conftest import require_peer
 from keras_yolo.anchors import YOLOV5_ANCHORS
 from keras_yolo.losses import YoloV5Loss, scale_hyperparameters
 from keras_yolo.losses.yolo_v5 import default_balance
+from v5_cases import random_truths
+
 
 STRIDES = (8, 16, 32)
 LOSS_RTOL = 1e-5
@@ -24,23 +26,6 @@ def _raw(rng, batch, image_hw, num_classes, scale=1.5, bias=-2.0):
         p[..., 4] += bias
         out.append(p)
     return out
-
-
-def _truths(rng, per_image, max_boxes, num_classes, crafted=()):
-    """Padded rel_center_xywh truths: random rows, then crafted rows."""
-    batch = len(per_image)
-    boxes = np.zeros((batch, max_boxes, 4), np.float32)
-    labels = np.full((batch, max_boxes), -1, np.int32)
-    for b, n in enumerate(per_image):
-        rows = [np.concatenate([rng.uniform(0, 1, 2),
-                                np.exp(rng.uniform(np.log(0.01),
-                                                   np.log(0.7), 2))])
-                for _ in range(n)]
-        rows += [np.asarray(r, np.float32) for img, r in crafted if img == b]
-        for m, row in enumerate(rows):
-            boxes[b, m] = row
-            labels[b, m] = rng.integers(0, num_classes)
-    return boxes, labels
 
 
 # Several truths in one cell (same anchor), truths exactly on cell borders of
@@ -142,7 +127,7 @@ IMAGE_HW = {"defaults": (640, 640), "everything": (640, 640)}
 def test_matches_compute_loss(reference, case):
     rng = np.random.default_rng(1)
     raw = _raw(rng, 2, IMAGE_HW.get(case, (320, 224)), 80)
-    boxes, labels = _truths(rng, [9, 6], 24, 80, CRAFTED)
+    boxes, labels = random_truths(rng, [9, 6], 24, 80, CRAFTED)
     rel, grad = _compare(reference, raw, boxes, labels, 80,
                          **dict(CASES[case]))
     assert rel < LOSS_RTOL, (case, rel)
@@ -153,7 +138,7 @@ def test_matches_compute_loss(reference, case):
 def test_matches_compute_loss_non_square_with_empty_image(reference):
     rng = np.random.default_rng(2)
     raw = _raw(rng, 3, (256, 416), 80)
-    boxes, labels = _truths(rng, [5, 0, 7], 16, 80, CRAFTED)
+    boxes, labels = random_truths(rng, [5, 0, 7], 16, 80, CRAFTED)
     labels[1] = -1  # the middle image has no truths at all
     boxes[1] = rng.uniform(0, 1, boxes[1].shape)  # padded rows: ignored
     rel, grad = _compare(reference, raw, boxes, labels, 80, fl_gamma=1.0,
@@ -175,7 +160,7 @@ def test_matches_compute_loss_without_any_truth(reference):
 def test_matches_compute_loss_one_class(reference):
     rng = np.random.default_rng(4)
     raw = _raw(rng, 2, (192, 160), 1)
-    boxes, labels = _truths(rng, [4, 3], 8, 1, CRAFTED[:4])
+    boxes, labels = random_truths(rng, [4, 3], 8, 1, CRAFTED[:4])
     rel, grad = _compare(reference, raw, boxes, labels, 1)
     assert rel < LOSS_RTOL and grad < GRAD_ATOL, (rel, grad)
 
@@ -184,7 +169,7 @@ def test_matches_compute_loss_one_class(reference):
 def test_autobalance_follows_compute_loss_over_steps(reference):
     rng = np.random.default_rng(5)
     raw = _raw(rng, 2, (256, 256), 80)
-    boxes, labels = _truths(rng, [6, 4], 16, 80, CRAFTED)
+    boxes, labels = random_truths(rng, [6, 4], 16, 80, CRAFTED)
     rel, grad = _compare(reference, raw, boxes, labels, 80, steps=4,
                          autobalance=True)
     assert rel < LOSS_RTOL and grad < GRAD_ATOL, (rel, grad)
@@ -198,7 +183,7 @@ def test_several_truths_in_one_cell_keep_ultralytics_winner(reference):
     raw = _raw(rng, 2, (128, 128), 5, bias=0.0)
     crafted = [(0, c[1]) for c in CRAFTED[:3]] + [(1, c[1])
                                                    for c in CRAFTED[:3]]
-    boxes, labels = _truths(rng, [0, 0], 4, 5, crafted)
+    boxes, labels = random_truths(rng, [0, 0], 4, 5, crafted)
     for sort in (False, True):
         rel, grad = _compare(reference, raw, boxes, labels, 5,
                              sort_obj_iou=sort, gr=0.8)
@@ -208,7 +193,7 @@ def test_several_truths_in_one_cell_keep_ultralytics_winner(reference):
 def _simple_inputs(batch=2, image_hw=(64, 96), num_classes=3, seed=0):
     rng = np.random.default_rng(seed)
     raw = _raw(rng, batch, image_hw, num_classes)
-    boxes, labels = _truths(rng, [3] * batch, 8, num_classes, CRAFTED[:4])
+    boxes, labels = random_truths(rng, [3] * batch, 8, num_classes, CRAFTED[:4])
     return raw, {"boxes": tf.constant(boxes), "labels": tf.constant(labels)}
 
 
@@ -325,26 +310,3 @@ def test_wrong_channel_count_is_named():
     raw, y_true = _simple_inputs(num_classes=3)
     with pytest.raises(ValueError, match="num_classes"):
         YoloV5Loss(num_classes=4)(y_true, raw)
-
-
-@pytest.mark.slow
-def test_small_v5_fits_with_the_loss():
-    """`model.fit` with the ground-truth dict: the loss falls on one batch."""
-    from keras_yolo.models.small_v5 import small_v5
-
-    keras.utils.set_random_seed(0)
-    model = small_v5(num_classes=3, input_size=64, filters=(8, 8, 16, 16, 32))
-    assert [tuple(o.shape) for o in model.outputs] == [
-        (None, 8, 8, 3, 8), (None, 4, 4, 3, 8), (None, 2, 2, 3, 8)]
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 1, (4, 64, 64, 3)).astype(np.float32)
-    boxes, labels = _truths(rng, [2, 3, 1, 2], 4, 3)
-    anchors = (np.asarray(YOLOV5_ANCHORS) * 64 / 416).tolist()
-    model.compile(keras.optimizers.Adam(3e-3),
-                  loss=YoloV5Loss(num_classes=3, anchors=anchors),
-                  jit_compile=False)
-    history = model.fit(images, {"boxes": boxes, "labels": labels},
-                        batch_size=4, epochs=6, verbose=0)
-    losses = history.history["loss"]
-    assert np.all(np.isfinite(losses))
-    assert losses[-1] < losses[0]

@@ -10,7 +10,7 @@ from keras_yolo.anchors import YOLOV5_ANCHORS
 from keras_yolo.assign.groundtruth import GroundTruthError
 from keras_yolo.layers import YoloV5Decode
 from keras_yolo.losses import YoloV5Loss
-from test_v5_dynamic import value_and_grads
+from test_yolo_v5_dynamic import value_and_grads
 
 STRIDES = (8, 16, 32)
 NUM_CLASSES = 3
