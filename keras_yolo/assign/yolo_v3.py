@@ -17,8 +17,6 @@ import tensorflow as tf
 
 from keras_yolo.assign import matching
 
-# Old name, read by tests/test_v3.py (keras_yolo.assign.matching.best_anchor).
-best_anchor = matching.best_anchor
 
 
 def _mask_lookup(anchor_index, mask):

@@ -9,11 +9,8 @@ import tensorflow as tf
 
 from keras_yolo import boxes as box_ops
 from keras_yolo import checks
-# Old home of the cell-grid helpers, read by the v1 loss and tests/test_v1.py
-# (keras_yolo.cell_grid).
-from keras_yolo.cell_grid import (MAX_LINEAR_COORDINATE, ensure_raw_shape,  # noqa: F401
-                                  from_darknet_layout, parametrize, resolve_options,
-                                  split_raw, to_darknet_layout)
+from keras_yolo.cell_grid import (MAX_LINEAR_COORDINATE, ensure_raw_shape, parametrize,
+                                  resolve_options, split_raw)
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")

@@ -6,8 +6,6 @@ from keras_yolo import anchors as default_anchors
 from keras_yolo import grid
 from keras_yolo.layers.anchor_grid_decode import AnchorGridDecode
 
-# Old home, read by tests/test_multilevel_dynamic.py (keras_yolo.grid.MAX_LOG_SCALE).
-MAX_LOG_SCALE = grid.MAX_LOG_SCALE
 
 
 @keras.saving.register_keras_serializable(package="keras_yolo")

@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_yolo.assign import matching
 from keras_yolo.assign import yolo_v3 as assign
 
 
@@ -10,7 +11,7 @@ def test_best_anchor_is_over_all_levels_first_on_ties():
     anchors = tf.constant([[10, 10], [20, 20], [20, 20], [40, 10]], tf.float32)
     wh = tf.constant([[[10, 10], [19, 21], [20, 20], [40, 11], [1, 1]]],
                      tf.float32)
-    np.testing.assert_array_equal(assign.best_anchor(wh, anchors).numpy(),
+    np.testing.assert_array_equal(matching.best_anchor(wh, anchors).numpy(),
                                   [[0, 1, 1, 3, 0]])
 
 

@@ -7,8 +7,7 @@ import tensorflow as tf
 
 from keras_yolo.assign import yolo_v1 as assign
 from keras_yolo.layers import YoloV1Decode
-from keras_yolo.layers.yolo_v1_decode import (
-    from_darknet_layout, to_darknet_layout)
+from keras_yolo.cell_grid import from_darknet_layout, to_darknet_layout
 from references import sigmoid, softmax
 from v1_cases import kept_objects, random_case
 

@@ -10,8 +10,7 @@ import tensorflow as tf
 import keras
 from keras_yolo.assign.groundtruth import GroundTruthError
 from keras_yolo.layers import YoloV3Decode, YoloV4Decode
-from keras_yolo.layers.yolo_v4_decode import MAX_LOG_SCALE
-from keras_yolo.layers.yolo_v3_decode import MAX_LOG_SCALE as V3_MAX_LOG_SCALE
+from keras_yolo.grid import MAX_LOG_SCALE
 from keras_yolo.losses import YoloV3Loss, YoloV4Loss
 from keras_yolo.models.small_v3 import small_v3
 from keras_yolo.models.small_v4 import small_v4
@@ -23,7 +22,6 @@ IMAGE = 64
 # Small anchors for a 64 x 64 input (grids 8, 4, 2), as in test_v4.py.
 ANCHORS = [[(6, 8), (10, 14), (14, 10)], [(18, 24), (24, 18), (28, 36)],
            [(40, 30), (48, 56), (60, 60)]]
-assert V3_MAX_LOG_SCALE == MAX_LOG_SCALE
 
 # Per version: the loss, the decoder, its two modes and a tiny model.
 VERSIONS = {

@@ -10,7 +10,7 @@ import tensorflow as tf
 from conftest import require_file
 from keras_yolo.assign import yolo_v1 as assign
 from keras_yolo.layers import YoloV1Decode
-from keras_yolo.layers.yolo_v1_decode import to_darknet_layout
+from keras_yolo.cell_grid import to_darknet_layout
 from keras_yolo.losses import YoloV1Loss
 from references import center_iou, sigmoid
 from v1_cases import gt, kept_objects, random_case, seed_loss_np

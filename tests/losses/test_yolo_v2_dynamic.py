@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_yolo.assign.groundtruth import GroundTruthError
 from keras_yolo.layers import YoloV2Decode
-from keras_yolo.layers.yolo_v2_decode import MAX_LOG_SCALE
+from keras_yolo.grid import MAX_LOG_SCALE
 from keras_yolo.losses import YoloV2Loss
 from keras_yolo.losses.yolo_v2 import MAX_PREDICTED_CELLS
 from test_yolo_v1_dynamic import eager_epoch_loss, padded_batch_dataset, value_and_grad
