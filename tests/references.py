@@ -63,3 +63,23 @@ def shape_iou(wh1, wh2):
     inter = np.minimum(wh1[..., 0], wh2[..., 0]) * np.minimum(wh1[..., 1], wh2[..., 1])
     union = wh1[..., 0] * wh1[..., 1] + wh2[..., 0] * wh2[..., 1] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def padded_random_truths(rng, per_image, max_boxes, num_classes, crafted=(),
+                         centres=(0.0, 1.0), sizes=(0.01, 0.7)):
+    """Padded `rel_center_xywh` truths: `per_image[b]` random rows (centres
+    uniform in `centres`, sizes log-uniform in `sizes`), then the crafted
+    `(image, row)` rows; random labels, -1 padding."""
+    batch = len(per_image)
+    boxes = np.zeros((batch, max_boxes, 4), np.float32)
+    labels = np.full((batch, max_boxes), -1, np.int32)
+    for b, n in enumerate(per_image):
+        rows = [np.concatenate([rng.uniform(*centres, 2),
+                                np.exp(rng.uniform(np.log(sizes[0]),
+                                                   np.log(sizes[1]), 2))])
+                for _ in range(n)]
+        rows += [np.asarray(r, np.float32) for img, r in crafted if img == b]
+        for m, row in enumerate(rows):
+            boxes[b, m] = row
+            labels[b, m] = rng.integers(0, num_classes)
+    return boxes, labels

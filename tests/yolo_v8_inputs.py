@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from references import padded_random_truths
+
 STRIDES = (8, 16, 32)
 REG_MAX = 16
 
@@ -23,16 +25,5 @@ def padded_truths(rng, per_image, max_boxes, num_classes, crafted=()):
     """Padded `rel_center_xywh` truths: `per_image[b]` random rows (centres
     in [0.05, 0.95], log-uniform sizes in [0.02, 0.8]), then the crafted
     `(image, row)` rows; labels -1 pad."""
-    batch = len(per_image)
-    boxes = np.zeros((batch, max_boxes, 4), np.float32)
-    labels = np.full((batch, max_boxes), -1, np.int32)
-    for b, n in enumerate(per_image):
-        rows = [np.concatenate([rng.uniform(0.05, 0.95, 2),
-                                np.exp(rng.uniform(np.log(0.02),
-                                                   np.log(0.8), 2))])
-                for _ in range(n)]
-        rows += [np.asarray(r, np.float32) for img, r in crafted if img == b]
-        for m, row in enumerate(rows):
-            boxes[b, m] = row
-            labels[b, m] = rng.integers(0, num_classes)
-    return boxes, labels
+    return padded_random_truths(rng, per_image, max_boxes, num_classes, crafted,
+                                centres=(0.05, 0.95), sizes=(0.02, 0.8))
